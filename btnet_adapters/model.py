@@ -1,0 +1,653 @@
+"""BTNet: one trunk, per-resolution branches implanted into its feature pyramid.
+
+``BTNet`` owns a timm backbone (the trunk), an embedding head and one :class:`Branch` per
+branch resolution. A branch holds only what differs for its resolution — copies of its
+*specific* modules and of every normalisation layer outside them — and runs the trunk's own
+module tree for the rest (see :mod:`btnet_adapters.surgery`).
+"""
+
+from __future__ import annotations
+
+import copy
+import re
+from collections.abc import Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from . import routing, surgery
+from .errors import ConfigError, InputImageError, ResolutionError, UnsupportedBackboneError
+from .heads import HEADS, create_head
+from .images import to_pixels
+from .resize import ResizeSpec, resize_tensor
+
+HEAD_KINDS = ("fc", "pool", "backbone")
+SPECIFIC_RULES = ("reference", "all", "none")
+_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+_NORM_NAME = re.compile(r"(Batch|Layer|Group|Instance|Rms|RMS)Norm")
+
+
+def is_norm(module: nn.Module) -> bool:
+    """Normalisation layers get per-resolution state (affine parameters and statistics)."""
+    return isinstance(module, _NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
+
+
+def _key(path: str) -> str:
+    return path.replace(".", ":")
+
+
+def _path(key: str) -> str:
+    return key.replace(":", ".")
+
+
+class EmbeddingHead(nn.Module):
+    """arcface_torch's embedding head: BN2d → dropout → flatten → linear → BN1d (``"fc"``),
+    or global average pooling → linear → BN1d (``"pool"``)."""
+
+    def __init__(self, kind: str, channels: int, side: int, embed_dim: int,
+                 drop_rate: float = 0.0, channels_last: bool = False) -> None:
+        super().__init__()
+        self.kind = kind
+        self.channels_last = channels_last
+        self.bn = nn.BatchNorm2d(channels, eps=1e-5) if kind == "fc" else nn.Identity()
+        self.dropout = nn.Dropout(drop_rate)
+        in_features = channels * side * side if kind == "fc" else channels
+        self.fc = nn.Linear(in_features, embed_dim)
+        self.features = nn.BatchNorm1d(embed_dim, eps=1e-5)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.channels_last:
+            x = x.permute(0, 3, 1, 2)
+        x = self.bn(x)
+        x = torch.flatten(x, 1) if self.kind == "fc" else x.mean((2, 3))
+        return self.features(self.fc(self.dropout(x)))
+
+
+@dataclass(frozen=True)
+class BranchPlan:
+    """Where and how a resolution joins the trunk (all paths are ``BTNet`` module names)."""
+
+    resolution: int
+    stage: str
+    implant: str
+    implant_shape: tuple[int, ...]
+    prefix: tuple[str, ...]
+    downsampling: tuple[tuple[str, str], ...]
+    specific: tuple[str, ...]
+    norms: tuple[str, ...]
+
+
+class Branch(nn.Module):
+    """The tensors that make one resolution: copies of its specific modules and norm layers."""
+
+    def __init__(self, plan: BranchPlan, overrides: dict[str, nn.Module]) -> None:
+        super().__init__()
+        self.plan = plan
+        self.overrides = nn.ModuleDict({_key(p): m for p, m in overrides.items()})
+
+    def override_swaps(self) -> list[tuple[str, Any]]:
+        return [(_path(k), _Fixed(m)) for k, m in self.overrides.items()]
+
+    def extra_repr(self) -> str:
+        return f"resolution={self.plan.resolution}, implant={self.plan.implant!r}"
+
+
+class _Fixed:
+    """Swap factory returning a fixed module (picklable, unlike a lambda)."""
+
+    def __init__(self, module: nn.Module) -> None:
+        self.module = module
+
+    def __call__(self, old: nn.Module) -> nn.Module:
+        return self.module
+
+
+def _identity(old: nn.Module) -> nn.Module:
+    return nn.Identity()
+
+
+class _StrideFree:
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+
+    def __call__(self, old: nn.Module) -> nn.Module:
+        return surgery.stride_free(old, self.kind)
+
+
+@contextmanager
+def _eval(module: nn.Module) -> Iterator[None]:
+    flags = {m: m.training for m in module.modules()}
+    module.eval()
+    try:
+        yield
+    finally:
+        for m, flag in flags.items():
+            m.training = flag
+
+
+class BTNet(nn.Module):
+    """A face embedding network that takes any input resolution.
+
+    Args:
+        backbone: a timm model name, or a timm model instance (recorded by its architecture).
+        input_size: canonical size S of the trunk (112 for faces).
+        resolutions: branch resolutions (sides of the trunk's feature pyramid below S);
+            ``None`` builds one for every pyramid level below S.
+        embed_dim: embedding size.
+        specific: which modules each branch owns: ``"reference"`` (everything before the
+            implant point, as the BTNet release), ``"all"``, ``"none"`` (only norm state) or a
+            list of module names (e.g. ``["trunk.conv1", "trunk.layer1"]``).
+        head: ``"fc"`` (arcface_torch: BN2d → dropout → flatten → linear → BN1d), ``"pool"``
+            (global average pool → linear → BN1d) or ``"backbone"`` (the backbone's own
+            ``forward_head`` gives the embedding, e.g. MobileFaceNet's GDC).
+        num_classes: attach a margin head with this many identities (0: none).
+        margin: margin head name (:data:`btnet_adapters.heads.HEADS`).
+        remove: trunk module names replaced by identities before anything else (e.g.
+            ``["maxpool"]`` turns timm's ResNet pyramid into the face-standard 56/28/14/7).
+        backbone_kwargs: extra ``timm.create_model`` arguments.
+        resize: how :meth:`embed` resamples images (default: torch bilinear, antialiased).
+        drop_rate: dropout before the embedding linear layer.
+        in_chans: must be 3 (accepted for timm's ``create_model`` protocol).
+    """
+
+    def __init__(
+        self,
+        backbone: str | nn.Module,
+        input_size: int = 112,
+        resolutions: Sequence[int] | None = None,
+        embed_dim: int = 512,
+        specific: str | Sequence[str] = "reference",
+        head: str = "fc",
+        num_classes: int = 0,
+        margin: str = "curricularface",
+        remove: Sequence[str] = (),
+        backbone_kwargs: dict[str, Any] | None = None,
+        resize: ResizeSpec | dict[str, Any] | None = None,
+        drop_rate: float = 0.0,
+        in_chans: int = 3,
+    ) -> None:
+        super().__init__()
+        if in_chans != 3:
+            raise ConfigError(f"BTNet takes RGB inputs (in_chans=3), got in_chans={in_chans}")
+        backbone_kwargs = dict(backbone_kwargs or {})
+        _check_args(input_size, head, specific, margin, num_classes)
+        self.input_size = int(input_size)
+        self.trunk = _create_trunk(backbone, head, backbone_kwargs)
+        for path in remove:
+            _replace(self.trunk, path, nn.Identity())
+        self.resize_spec = resize if isinstance(resize, ResizeSpec) else ResizeSpec(**(resize or {}))
+        self.pretrained_cfg = _default_cfg(self.input_size)
+        self.default_cfg = self.pretrained_cfg
+        self._init_config = dict(
+            backbone=backbone if isinstance(backbone, str) else _architecture(backbone),
+            input_size=self.input_size, embed_dim=embed_dim, head=head, num_classes=num_classes,
+            margin=margin, remove=list(remove), backbone_kwargs=backbone_kwargs,
+            resize=self.resize_spec.to_dict(), drop_rate=drop_rate,
+            specific=specific if isinstance(specific, str) else list(specific),
+        )
+
+        features = self._trace_trunk()
+        self.pyramid = surgery.check_hierarchical(self._trace, self._feature_modules(), self.input_size)
+        self.head = self._build_head(head, features, embed_dim, drop_rate)
+        self.embed_dim = self._measure_embed_dim(embed_dim)
+        self.num_features = self.embed_dim
+        self._trace = surgery.trace_modules(self, self._run_full_probe, self._traced_roots())
+        self._fix_feature_info()
+        available = sorted(s for s in self.pyramid if s < self.input_size)
+        wanted = available if resolutions is None else sorted({int(r) for r in resolutions})
+        for r in wanted:
+            if r not in available:
+                raise ResolutionError(
+                    f"resolution {r} is not in the trunk's feature pyramid at input {self.input_size}; "
+                    f"available: {available}"
+                )
+        self.branches = nn.ModuleDict()
+        self._specific_rule = specific
+        for r in wanted:
+            self.add_branch(r)
+        self.num_classes = 0
+        self.classifier: nn.Module | None = None
+        if num_classes:
+            self.reset_classifier(num_classes, margin)
+        self._init_config["resolutions"] = list(self.branch_resolutions)
+
+    # ----------------------------------------------------------------- construction
+    @classmethod
+    def from_timm(
+        cls,
+        model_or_name: str | nn.Module,
+        input_size: int = 112,
+        resolutions: Sequence[int] | None = None,
+        embed_dim: int = 512,
+        specific: str | Sequence[str] = "reference",
+        **timm_kwargs: Any,
+    ) -> "BTNet":
+        """Convert a hierarchical timm backbone into a BTNet.
+
+        BTNet options (``head``, ``num_classes``, ``margin``, ``remove``, ``resize``,
+        ``drop_rate``) may be given as keywords; every other keyword goes to
+        ``timm.create_model``.
+        """
+        own = {k: timm_kwargs.pop(k) for k in ("head", "num_classes", "margin", "remove", "resize", "drop_rate")
+               if k in timm_kwargs}
+        return cls(model_or_name, input_size=input_size, resolutions=resolutions, embed_dim=embed_dim,
+                   specific=specific, backbone_kwargs=timm_kwargs, **own)
+
+    def _traced_roots(self) -> list[str]:
+        return ["trunk", "head"] if isinstance(self.head, nn.Module) else ["trunk"]
+
+    def _probe(self) -> torch.Tensor:
+        gen = torch.Generator().manual_seed(0)
+        param = next(self.trunk.parameters(), None)
+        device = param.device if param is not None else torch.device("cpu")
+        return torch.randn(2, 3, self.input_size, self.input_size, generator=gen).to(device)
+
+    def _trace_trunk(self) -> torch.Tensor:
+        """Trace the trunk alone (sets ``_trace``) and return its features at S."""
+        box: list = []
+        with _eval(self.trunk):
+            try:
+                self._trace = surgery.trace_modules(
+                    self, lambda: box.append(self.trunk.forward_features(self._probe())), ["trunk"])
+                return box[0]
+            except Exception as err:  # noqa: BLE001 - reported as unsupported with its cause
+                raise UnsupportedBackboneError(
+                    f"the backbone fails at input {self.input_size}×{self.input_size}: {err}"
+                ) from err
+
+    def _run_full_probe(self) -> torch.Tensor:
+        with _eval(self):
+            return self._embed_trunk(self._probe())
+
+    def _build_head(self, kind: str, features: torch.Tensor, embed_dim: int, drop_rate: float) -> nn.Module | None:
+        if kind == "backbone":
+            return None
+        channels = int(getattr(self.trunk, "num_features", 0))
+        shape = tuple(features.shape[1:])
+        if len(shape) != 3:
+            raise UnsupportedBackboneError(f"forward_features returns shape {shape}; a C×H×W map is needed")
+        channels_last = shape[0] != channels and shape[2] == channels
+        c, side = (shape[2], shape[0]) if channels_last else (shape[0], shape[1])
+        return EmbeddingHead(kind, c, side, embed_dim, drop_rate, channels_last)
+
+    def _measure_embed_dim(self, embed_dim: int) -> int:
+        with _eval(self), torch.no_grad():
+            out = self._embed_trunk(self._probe())
+        if out.ndim != 2:
+            raise UnsupportedBackboneError(f"the embedding has shape {tuple(out.shape)}; (B, D) is needed")
+        if out.shape[1] != embed_dim:
+            raise ConfigError(
+                f"the backbone's own head gives {out.shape[1]}-d embeddings but embed_dim={embed_dim}; "
+                "pass the backbone's size argument (num_classes / num_features) or use head='fc'"
+            )
+        return embed_dim
+
+    def _feature_modules(self) -> list[str]:
+        info = getattr(self.trunk, "feature_info", None) or []
+        return [f"trunk.{f['module']}" for f in info if isinstance(f, dict) and f.get("module")]
+
+    def _fix_feature_info(self) -> None:
+        for f in getattr(self.trunk, "feature_info", None) or []:
+            call = self._trace.calls.get(f"trunk.{f.get('module')}") if isinstance(f, dict) else None
+            if call is not None and call.out_side:
+                f["reduction"] = self.input_size // call.out_side
+
+    def _specific_paths(self, rule: str | Sequence[str], prefix: Sequence[str]) -> list[str]:
+        if rule == "reference":
+            return list(prefix)
+        if rule == "none":
+            return []
+        if rule == "all":
+            return self._traced_roots()
+        names = dict(self.named_modules())
+        paths = []
+        for p in rule:
+            if p not in names or not p.startswith(tuple(self._traced_roots())):
+                raise ConfigError(f"specific module {p!r} is not a module of the trunk/head (e.g. 'trunk.{next(iter(self.trunk._modules))}')")
+            paths.append(p)
+        return [p for p in paths if not any(a in paths for a in surgery._ancestors(p))]
+
+    def plan_branch(self, resolution: int, specific: str | Sequence[str] | None = None) -> BranchPlan:
+        """Work out (without building) how ``resolution`` would join the trunk."""
+        trace = self._trace
+        stage, implant = surgery.find_implant(trace, "trunk", resolution)
+        prefix = surgery.prefix_modules(trace, implant, "trunk")
+        downsampling = surgery.find_downsampling(trace, prefix)
+        spec = self._specific_paths(self._specific_rule if specific is None else specific, prefix)
+        norms = [
+            p for p in trace.calls
+            if is_norm(trace.module(p))
+            and not any(a in spec for a in (*surgery._ancestors(p), p))
+            and not any(is_norm(trace.module(a)) for a in surgery._ancestors(p) if a in trace.calls)
+        ]
+        return BranchPlan(
+            resolution=resolution, stage=stage, implant=implant,
+            implant_shape=trace.calls[implant].out_shape, prefix=tuple(prefix),
+            downsampling=tuple((p, k) for p, k in downsampling),
+            specific=tuple(spec), norms=tuple(sorted(norms, key=lambda p: trace.calls[p].start)),
+        )
+
+    def add_branch(self, resolution: int, specific: str | Sequence[str] | None = None) -> BranchPlan:
+        """Build the branch for ``resolution`` from the trunk's current weights and dry-run it."""
+        resolution = int(resolution)
+        plan = self.plan_branch(resolution, specific)
+        owned = {p: copy.deepcopy(self.get_submodule(p)) for p in (*plan.specific, *plan.norms)}
+        branch = Branch(plan, owned)
+        self._check_cut(plan)
+        self.branches[str(resolution)] = branch
+        try:
+            self._check_branch(resolution)
+        except Exception:
+            del self.branches[str(resolution)]
+            raise
+        return plan
+
+    def remove_branch(self, resolution: int) -> None:
+        """Drop a branch (its inputs then go elsewhere only through :meth:`embed`)."""
+        del self.branches[str(self._branch_key(resolution))]
+
+    def _check_cut(self, plan: BranchPlan) -> None:
+        """Prefix + suffix of the unmodified trunk at S must reproduce the trunk exactly."""
+        x = self._probe()
+        with _eval(self), torch.no_grad():
+            full = self.trunk.forward_features(x)
+            with surgery.stop_after(self.get_submodule(plan.implant)) as box:
+                self.trunk.forward_features(x)
+            if not box:
+                raise UnsupportedBackboneError(f"the implant module {plan.implant} never ran")
+            with surgery.swapped(self, [(p, _identity) for p in plan.prefix]):
+                rest = self.trunk.forward_features(box[0])
+        if rest.shape != full.shape or not torch.allclose(rest, full, rtol=1e-4, atol=1e-5):
+            raise UnsupportedBackboneError(
+                f"cutting the trunk after {plan.implant} does not reproduce it: its forward applies "
+                "operations outside modules around that point, so a branch cannot be implanted there"
+            )
+
+    def _check_branch(self, resolution: int) -> None:
+        plan = self.branches[str(resolution)].plan
+        x = torch.zeros(1, 3, resolution, resolution, device=self._probe().device)
+        try:
+            with _eval(self), torch.no_grad():
+                emb, z = self._branch_forward(x, resolution, with_implant=True)
+        except Exception as err:  # noqa: BLE001 - any failure means the family is unsupported
+            raise UnsupportedBackboneError(
+                f"the {resolution}-px branch (implant {plan.implant}) fails on a {resolution}×{resolution} "
+                f"input: {type(err).__name__}: {err}"
+            ) from err
+        if tuple(z.shape[1:]) != plan.implant_shape:
+            raise UnsupportedBackboneError(
+                f"the {resolution}-px branch reaches {plan.implant} with shape {tuple(z.shape[1:])}, the trunk "
+                f"with {plan.implant_shape}: some downsampling was not removed"
+            )
+
+    # ----------------------------------------------------------------- attributes
+    @property
+    def branch_resolutions(self) -> tuple[int, ...]:
+        """Branch sides, sorted (without the trunk's)."""
+        return tuple(sorted(int(k) for k in self.branches))
+
+    @property
+    def resolutions(self) -> tuple[int, ...]:
+        """All input sides :meth:`forward` accepts, sorted, the trunk's ``input_size`` last."""
+        return (*self.branch_resolutions, self.input_size)
+
+    def config(self) -> dict[str, Any]:
+        """JSON-serialisable constructor arguments (what ``save_pretrained`` records)."""
+        cfg = copy.deepcopy(self._init_config)
+        cfg["resolutions"] = list(self.branch_resolutions)
+        cfg["num_classes"] = self.num_classes
+        return cfg
+
+    def _branch_key(self, resolution: int) -> int:
+        if str(resolution) not in self.branches:
+            raise ResolutionError(f"no branch for resolution {resolution}; available: {self.branch_resolutions}")
+        return int(resolution)
+
+    # ----------------------------------------------------------------- forward paths
+    def _embed_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        f = self.trunk.forward_features(x)
+        return self.trunk.forward_head(f) if self.head is None else self.head(f)
+
+    def _branch_forward(self, x: torch.Tensor, resolution: int, with_implant: bool = False):
+        branch = self.branches[str(resolution)]
+        plan = branch.plan
+        with ExitStack() as stack:
+            stack.enter_context(surgery.swapped(self, branch.override_swaps()))
+            with surgery.swapped(self, [(p, _StrideFree(k)) for p, k in plan.downsampling]):
+                with surgery.stop_after(self.get_submodule(plan.implant)) as box:
+                    self.trunk.forward_features(x)
+            z = box[0]
+            with surgery.swapped(self, [(p, _identity) for p in plan.prefix]):
+                emb = self._embed_trunk(z)
+        return (emb, z) if with_implant else emb
+
+    def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw embeddings of ``input_size`` images through the trunk."""
+        return self._embed_trunk(x)
+
+    def forward_branch(self, x: torch.Tensor, resolution: int) -> torch.Tensor:
+        """Raw embeddings of ``resolution``-px images through that branch."""
+        return self._branch_forward(x, self._branch_key(resolution))
+
+    def forward_with_implant(self, x: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(embedding, implant features)`` for distillation.
+
+        ``x`` of side ``resolution`` runs the branch and returns its implanted features; ``x`` of
+        side ``input_size`` runs the trunk and returns the trunk's features at the same point.
+        """
+        key = self._branch_key(resolution)
+        side = self._check_input(x)
+        if side == key:
+            return self._branch_forward(x, key, with_implant=True)
+        if side != self.input_size:
+            raise InputImageError(f"forward_with_implant takes sides {key} or {self.input_size}, got {side}")
+        box: list = []
+        handle = self.get_submodule(self.branches[str(key)].plan.implant).register_forward_hook(
+            lambda m, a, out: box.append(out))
+        try:
+            emb = self._embed_trunk(x)
+        finally:
+            handle.remove()
+        return emb, box[0]
+
+    def _check_input(self, x: Any) -> int:
+        if not torch.is_tensor(x) or x.ndim != 4:
+            raise InputImageError(
+                f"forward takes a B×3×H×W tensor, got {type(x).__name__} "
+                f"{tuple(x.shape) if torch.is_tensor(x) else ''}; use embed() for lists of images"
+            )
+        b, c, h, w = x.shape
+        if b == 0:
+            raise InputImageError("empty batch: forward needs at least one image")
+        if c != 3:
+            raise InputImageError(f"input has {c} channels; BTNet takes 3-channel (RGB) tensors")
+        if h != w:
+            raise InputImageError(
+                f"forward takes square inputs with side in {self.resolutions}, got {h}×{w}; "
+                "use embed() to route and resize images of any size"
+            )
+        if not (torch.jit.is_tracing() or torch.compiler.is_compiling()) and not torch.isfinite(x).all():
+            raise InputImageError("input contains NaN or infinite values")
+        return int(h)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Raw (un-normalised) embeddings of a square batch whose side is one of :attr:`resolutions`."""
+        side = self._check_input(x)
+        if side == self.input_size:
+            return self._embed_trunk(x)
+        if str(side) not in self.branches:
+            raise ResolutionError(
+                f"no path for {side}×{side} inputs; forward takes sides {self.resolutions}. "
+                "Use embed() to route and resize images of any size"
+            )
+        return self._branch_forward(x, side)
+
+    # ----------------------------------------------------------------- embedding API
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """Pixel values in [0, 255] → the model's input normalisation (``pretrained_cfg``)."""
+        mean = torch.tensor(self.pretrained_cfg["mean"], device=pixels.device).view(-1, 1, 1) * 255
+        std = torch.tensor(self.pretrained_cfg["std"], device=pixels.device).view(-1, 1, 1) * 255
+        return (pixels - mean) / std
+
+    def route(self, width: int, height: int, indicator: str = "max", strategy: str = "ceil") -> int:
+        """The resolution an image of ``width``×``height`` goes to."""
+        return routing.select_resolution(width, height, self.resolutions, indicator, strategy)
+
+    @torch.no_grad()
+    def embed(
+        self,
+        images: Sequence[Any],
+        indicator: str = "max",
+        strategy: str = "ceil",
+        batch_size: int = 64,
+        flip: bool = False,
+        normalize: bool = True,
+        progress: bool | None = None,
+    ) -> torch.Tensor:
+        """Embed images of any size: route each one, resize it to its branch, batch per branch.
+
+        Args:
+            images: PIL images, H×W(×C) uint8 arrays or C×H×W tensors (uint8, or float in [0, 1]).
+            indicator: ``"max"``, ``"min"`` or ``"avg"`` of width and height.
+            strategy: ``"ceil"``, ``"near"`` or ``"floor"`` allocation to :attr:`resolutions`.
+            batch_size: images per forward pass.
+            flip: add the embedding of the horizontally flipped image (flip TTA).
+            normalize: L2-normalise (raw embeddings otherwise).
+            progress: tqdm bar (default: when there are more than 8 batches).
+
+        Returns:
+            ``(N, embed_dim)`` float32 CPU tensor, in input order.
+        """
+        from tqdm.auto import tqdm
+
+        if isinstance(images, torch.Tensor) and images.ndim == 4:
+            images = list(images)
+        if len(images) == 0:
+            raise InputImageError("embed() got no images")
+        pixels = [to_pixels(img, i) for i, img in enumerate(images)]
+        targets = [self.route(p.shape[2], p.shape[1], indicator, strategy) for p in pixels]
+        device = next(self.parameters()).device
+        out = torch.empty(len(pixels), self.embed_dim)
+        jobs = []
+        for r in sorted(set(targets)):
+            idx = [i for i, t in enumerate(targets) if t == r]
+            jobs += [(r, idx[s:s + batch_size]) for s in range(0, len(idx), batch_size)]
+        bar = tqdm(jobs, desc="embed", unit="batch", disable=not (progress or (progress is None and len(jobs) > 8)))
+        with _eval(self):
+            for r, idx in bar:
+                batch = torch.stack([resize_tensor(pixels[i], r, self.resize_spec) for i in idx]).to(device)
+                x = self.normalize(batch)
+                emb = self(x)
+                if flip:
+                    emb = emb + self(torch.flip(x, dims=[3]))
+                out[idx] = emb.float().cpu()
+        return F.normalize(out, dim=1) if normalize else out
+
+    # ----------------------------------------------------------------- branch state
+    def branch_state_dict(self, resolution: int) -> dict[str, torch.Tensor]:
+        """Exactly the tensors that make ``resolution``: its specific modules and norm state,
+        named as the trunk's own tensors (``trunk.layer1.0.conv1.weight`` …)."""
+        branch = self.branches[str(self._branch_key(resolution))]
+        out: dict[str, torch.Tensor] = {}
+        for key, module in branch.overrides.items():
+            for name, tensor in module.state_dict().items():
+                out[f"{_path(key)}.{name}"] = tensor
+        return out
+
+    def load_branch_state_dict(self, resolution: int, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
+        """Load tensors produced by :meth:`branch_state_dict` into the branch of ``resolution``."""
+        branch = self.branches[str(self._branch_key(resolution))]
+        expected = set(self.branch_state_dict(resolution))
+        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
+        if strict and (missing or unexpected):
+            raise ConfigError(
+                f"branch {resolution} state mismatch: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
+                f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
+            )
+        for key, module in branch.overrides.items():
+            head = _path(key) + "."
+            sub = {k[len(head):]: v for k, v in state_dict.items() if k.startswith(head)}
+            module.load_state_dict(sub, strict=strict)
+
+    def branch_parameters(self, resolution: int) -> Iterator[nn.Parameter]:
+        """The parameters that belong to ``resolution`` alone."""
+        return self.branches[str(self._branch_key(resolution))].parameters()
+
+    def trunk_state_dict(self) -> dict[str, torch.Tensor]:
+        """Trunk and embedding head tensors (no branches, no classifier)."""
+        return {k: v for k, v in self.state_dict().items() if k.startswith(("trunk.", "head."))}
+
+    # ----------------------------------------------------------------- classifier
+    def reset_classifier(self, num_classes: int, margin: str = "curricularface") -> None:
+        """Attach a fresh margin head (CurricularFace by default); 0 removes it."""
+        self.num_classes = int(num_classes)
+        self.classifier = create_head(margin, self.embed_dim, num_classes) if num_classes else None
+        self._init_config["margin"] = margin
+
+    def get_classifier(self) -> nn.Module | None:
+        """The margin head (``None`` without one); call it as ``head(embeddings, labels)``."""
+        return self.classifier
+
+
+def _check_args(input_size: int, head: str, specific: Any, margin: str, num_classes: int) -> None:
+    if int(input_size) < 8:
+        raise ConfigError(f"input_size must be at least 8 pixels, got {input_size}")
+    if head not in HEAD_KINDS:
+        raise ConfigError(f"unknown head {head!r}; accepted: {HEAD_KINDS}")
+    if isinstance(specific, str) and specific not in SPECIFIC_RULES:
+        raise ConfigError(f"unknown specific rule {specific!r}; accepted: {SPECIFIC_RULES} or a list of module names")
+    if margin not in HEADS:
+        raise ConfigError(f"unknown margin head {margin!r}; accepted: {tuple(HEADS)}")
+    if int(num_classes) < 0:
+        raise ConfigError(f"num_classes must be >= 0, got {num_classes}")
+
+
+def _create_trunk(backbone: str | nn.Module, head: str, kwargs: dict[str, Any]) -> nn.Module:
+    if isinstance(backbone, nn.Module):
+        trunk = backbone
+    elif isinstance(backbone, str):
+        if head != "backbone":
+            if kwargs.get("num_classes", 0):
+                raise ConfigError("num_classes in backbone kwargs conflicts with BTNet's own head; use head='backbone'")
+            kwargs = {**kwargs, "num_classes": 0}
+        try:
+            trunk = timm.create_model(backbone, **kwargs)
+        except RuntimeError as err:
+            if "Unknown model" in str(err):
+                raise UnsupportedBackboneError(f"unknown timm model {backbone!r}: {err}") from err
+            raise
+    else:
+        raise ConfigError(f"backbone must be a timm model name or nn.Module, got {type(backbone).__name__}")
+    if not callable(getattr(trunk, "forward_features", None)):
+        raise UnsupportedBackboneError(f"{type(trunk).__name__} has no forward_features(); BTNet needs a timm-style backbone")
+    if head == "backbone" and not callable(getattr(trunk, "forward_head", None)):
+        raise UnsupportedBackboneError(f"{type(trunk).__name__} has no forward_head(); use head='fc'")
+    return trunk
+
+
+def _replace(root: nn.Module, path: str, module: nn.Module) -> None:
+    parent_path, _, name = path.rpartition(".")
+    try:
+        parent = root.get_submodule(parent_path) if parent_path else root
+        parent._modules[name]  # noqa: B018 - existence check
+    except (AttributeError, KeyError) as err:
+        raise ConfigError(f"cannot remove {path!r}: the trunk has no such module") from err
+    parent._modules[name] = module
+
+
+def _architecture(model: nn.Module) -> str:
+    cfg = getattr(model, "pretrained_cfg", None) or {}
+    return cfg.get("architecture") or type(model).__name__
+
+
+def _default_cfg(input_size: int) -> dict[str, Any]:
+    return dict(
+        input_size=(3, input_size, input_size), mean=(0.5, 0.5, 0.5), std=(0.5, 0.5, 0.5),
+        interpolation="bilinear", crop_pct=1.0, num_classes=0, classifier="classifier",
+        first_conv=None, architecture=None,
+    )
