@@ -24,7 +24,7 @@ def to_pixels(image: Any, index: int = 0) -> torch.Tensor:
     """
     where = f"image {index}"
     if hasattr(image, "convert") and hasattr(image, "size"):  # PIL without importing it
-        image = np.asarray(image.convert("RGB"))
+        image = np.array(image.convert("RGB"))
     if isinstance(image, np.ndarray):
         if image.dtype != np.uint8:
             raise InputImageError(f"{where}: numpy images must be uint8, got {image.dtype}; accepted: {ACCEPTED}")

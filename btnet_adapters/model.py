@@ -276,8 +276,12 @@ class BTNet(nn.Module):
         return EmbeddingHead(kind, c, side, embed_dim, drop_rate, channels_last)
 
     def _measure_embed_dim(self, embed_dim: int) -> int:
+        """Check the embedding size; a backbone's own classifier is reset to ``embed_dim`` outputs."""
         with _eval(self), torch.no_grad():
             out = self._embed_trunk(self._probe())
+            if out.ndim == 2 and out.shape[1] != embed_dim and self.head is None and hasattr(self.trunk, "reset_classifier"):
+                self.trunk.reset_classifier(embed_dim)
+                out = self._embed_trunk(self._probe())
         if out.ndim != 2:
             raise UnsupportedBackboneError(f"the embedding has shape {tuple(out.shape)}; (B, D) is needed")
         if out.shape[1] != embed_dim:

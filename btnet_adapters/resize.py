@@ -115,7 +115,7 @@ def resize_array(image: np.ndarray, size: int | tuple[int, int], spec: ResizeSpe
                  "area": Image.Resampling.BOX, "nearest": Image.Resampling.NEAREST}[spec.filter]
         squeeze = image.ndim == 3 and image.shape[2] == 1
         pil = Image.fromarray(image[..., 0] if squeeze else image)
-        out = np.asarray(pil.resize((w, h), resample=flags))
+        out = np.array(pil.resize((w, h), resample=flags))
         return out[..., None] if squeeze else out
     chw = torch.from_numpy(np.ascontiguousarray(image)).float()
     chw = chw[None] if image.ndim == 2 else chw.permute(2, 0, 1)

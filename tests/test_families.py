@@ -1,0 +1,43 @@
+"""Conversion coverage: every listed timm family converts and runs every resolution end to end."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from btnet_adapters import BTNet
+from btnet_adapters.errors import UnsupportedBackboneError
+
+from .test_model import perturb, rebuild_branches
+
+FAMILIES = [
+    "resnet18", "resnet50", "resnet50d", "seresnext26d_32x4d", "regnety_008", "convnext_atto",
+    "efficientnet_b0", "mobilenetv3_large_100", "mobilenetv4_conv_small", "ghostnet_100", "rexnet_100",
+    "densenet121", "edgenext_xx_small", "fastvit_t8", "tiny_vit_5m_224", "iresnet50", "mobilefacenet",
+]
+
+
+@pytest.mark.parametrize("name", FAMILIES)
+def test_family_converts_and_runs_every_resolution(name):
+    head = "backbone" if name in ("iresnet50", "mobilefacenet") else "fc"
+    model = BTNet.from_timm(name, embed_dim=512 if head == "backbone" else 64, head=head)
+    assert {7, 14, 28} <= set(model.branch_resolutions)
+    perturb(model)
+    rebuild_branches(model)  # construction re-checks every cut and implant shape on perturbed weights
+    model.eval()
+    with torch.no_grad():
+        for side in model.resolutions:
+            out = model(torch.randn(2, 3, side, side))
+            assert out.shape == (2, model.embed_dim) and torch.isfinite(out).all(), side
+            plan = model.branches[str(side)].plan if side != model.input_size else None
+            assert plan is None or plan.downsampling, f"{name}: branch {side} removed no downsampling"
+
+
+@pytest.mark.parametrize("name, kwargs", [
+    ("swin_tiny_patch4_window7_224", {"img_size": 112}),
+    ("vit_tiny_patch16_224", {"img_size": 112}),
+    ("hrnet_w18_small", {}),
+])
+def test_unsupported_families_raise_the_clear_error(name, kwargs):
+    with pytest.raises(UnsupportedBackboneError):
+        BTNet.from_timm(name, resolutions=(14,), **kwargs)
