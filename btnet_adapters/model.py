@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import re
+import warnings
 from collections.abc import Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -137,7 +138,8 @@ class BTNet(nn.Module):
         backbone: a timm model name, or a timm model instance (recorded by its architecture).
         input_size: canonical size S of the trunk (112 for faces).
         resolutions: branch resolutions (sides of the trunk's feature pyramid below S);
-            ``None`` builds one for every pyramid level below S.
+            ``None`` builds one for every pyramid level below S that can take a branch (the
+            others are skipped with a warning naming the cause).
         embed_dim: embedding size.
         specific: which modules each branch owns: ``"reference"`` (everything before the
             implant point, as the BTNet release), ``"all"``, ``"none"`` (only norm state) or a
@@ -208,8 +210,18 @@ class BTNet(nn.Module):
                 )
         self.branches = nn.ModuleDict()
         self._specific_rule = specific
+        failures = []
         for r in wanted:
-            self.add_branch(r)
+            try:
+                self.add_branch(r)
+            except UnsupportedBackboneError as err:
+                if resolutions is not None:
+                    raise
+                failures.append(f"{r}: {err}")
+                warnings.warn(f"no branch for pyramid level {r}: {err}", stacklevel=2)
+        if not self.branches:
+            raise UnsupportedBackboneError(
+                f"no pyramid level of {self._init_config['backbone']} can take a branch; " + "; ".join(failures))
         self.num_classes = 0
         self.classifier: nn.Module | None = None
         if num_classes:
@@ -364,8 +376,12 @@ class BTNet(nn.Module):
                 self.trunk.forward_features(x)
             if not box:
                 raise UnsupportedBackboneError(f"the implant module {plan.implant} never ran")
-            with surgery.swapped(self, [(p, _identity) for p in plan.prefix]):
-                rest = self.trunk.forward_features(box[0])
+            try:
+                with surgery.swapped(self, [(p, _identity) for p in plan.prefix]):
+                    rest = self.trunk.forward_features(box[0])
+            except Exception as err:  # noqa: BLE001 - the cause is reported with the cut
+                raise UnsupportedBackboneError(
+                    f"the trunk cannot be resumed after {plan.implant}: {type(err).__name__}: {err}") from err
         if rest.shape != full.shape or not torch.allclose(rest, full, rtol=1e-4, atol=1e-5):
             raise UnsupportedBackboneError(
                 f"cutting the trunk after {plan.implant} does not reproduce it: its forward applies "

@@ -29,6 +29,13 @@ import torch.nn.functional as F
 from .errors import ResolutionError, UnknownDownsamplingError, UnsupportedBackboneError
 
 CONTAINERS = (nn.Sequential, nn.ModuleList, nn.ModuleDict)
+_CONTAINER_FORWARDS = {c.forward for c in CONTAINERS}
+
+
+def is_container(module: nn.Module) -> bool:
+    """A pure container: Sequential/ModuleList/ModuleDict whose ``forward`` is not overridden
+    (timm's ``MixedConv2d`` is a ModuleDict with its own forward: a layer, not a container)."""
+    return isinstance(module, CONTAINERS) and type(module).forward in _CONTAINER_FORWARDS
 POOLS = (nn.MaxPool2d, nn.AvgPool2d)
 
 
@@ -130,7 +137,7 @@ def trace_modules(root: nn.Module, run: Callable[[], object], under: Sequence[st
 
 def _block_container(trace: Trace, path: str) -> list[str] | None:
     """Children of a pure container holding one kind of block (``blocks`` of a stage)."""
-    if not isinstance(trace.module(path), CONTAINERS):
+    if not is_container(trace.module(path)):
         return None
     kids = trace.executed_children(path)
     kinds = {type(trace.module(k)) for k in kids}
@@ -148,7 +155,7 @@ def stage_units(trace: Trace, stage: str) -> list[str]:
     kids = trace.executed_children(stage)
     if not kids:
         return [stage]
-    if isinstance(trace.module(stage), CONTAINERS):
+    if is_container(trace.module(stage)):
         return kids
     if len(kids) >= 2 and len({type(trace.module(k)) for k in kids}) == 1:
         return kids
@@ -177,9 +184,9 @@ def find_implant(trace: Trace, trunk_path: str, resolution: int) -> tuple[str, s
         if trace.calls[target].out_side == resolution:
             break
         node = target
-    while isinstance(trace.module(target), CONTAINERS):  # a container of stages: enter the stage
+    while is_container(trace.module(target)):  # a container of stages: enter the stage
         inner = next(k for k in trace.executed_children(target) if trace.calls[k].out_side == resolution)
-        if not isinstance(trace.module(inner), CONTAINERS) and stage_units(trace, inner) == [inner]:
+        if not is_container(trace.module(inner)) and stage_units(trace, inner) == [inner]:
             break  # ``inner`` is a block: ``target`` is the stage
         target = inner
     for unit in stage_units(trace, target):
