@@ -14,6 +14,7 @@ FAMILIES = [
     "resnet18", "resnet50", "resnet50d", "seresnext26d_32x4d", "regnety_008", "convnext_atto",
     "efficientnet_b0", "mobilenetv3_large_100", "mobilenetv4_conv_small", "ghostnet_100", "rexnet_100",
     "densenet121", "edgenext_xx_small", "fastvit_t8", "tiny_vit_5m_224", "iresnet50", "mobilefacenet",
+    "mixnet_s",  # MixedConv2d subclasses nn.ModuleDict: a layer, not a container to cut into
 ]
 
 
@@ -41,3 +42,11 @@ def test_family_converts_and_runs_every_resolution(name):
 def test_unsupported_families_raise_the_clear_error(name, kwargs):
     with pytest.raises(UnsupportedBackboneError):
         BTNet.from_timm(name, resolutions=(14,), **kwargs)
+
+
+def test_default_resolutions_skip_levels_that_cannot_take_a_branch():
+    with pytest.warns(UserWarning, match="no branch for pyramid level 7"):
+        model = BTNet.from_timm("pvt_v2_b0", embed_dim=32)  # its 8×8 spatial-reduction conv needs ≥ 8 px
+    assert model.branch_resolutions == (14, 28)
+    with pytest.raises(UnsupportedBackboneError, match="7-px branch"):
+        BTNet.from_timm("pvt_v2_b0", resolutions=(7,))
