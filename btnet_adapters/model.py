@@ -12,7 +12,7 @@ import copy
 import re
 import warnings
 from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -434,17 +434,24 @@ class BTNet(nn.Module):
         return self.trunk.forward_head(f) if self.head is None else self.head(f)
 
     def _branch_forward(self, x: torch.Tensor, resolution: int, with_implant: bool = False):
+        """The trunk's own forward with branch ``resolution``'s modules and stride-free views
+        swapped in for the call (equivalent to prefix-then-suffix: ``_check_cut`` proved the cut)."""
         branch = self.branches[str(resolution)]
         plan = branch.plan
-        with ExitStack() as stack:
-            stack.enter_context(surgery.swapped(self, branch.override_swaps()))
-            with surgery.swapped(self, [(p, _StrideFree(k)) for p, k in plan.downsampling]):
-                with surgery.stop_after(self.get_submodule(plan.implant)) as box:
-                    self.trunk.forward_features(x)
-            z = box[0]
-            with surgery.swapped(self, [(p, _identity) for p in plan.prefix]):
-                emb = self._embed_trunk(z)
-        return (emb, z) if with_implant else emb
+        swaps = branch.override_swaps() + [(p, _StrideFree(k)) for p, k in plan.downsampling]
+        with surgery.swapped(self, swaps):
+            if not with_implant:
+                return self._embed_trunk(x)
+            return self._with_implant(x, plan.implant)
+
+    def _with_implant(self, x: torch.Tensor, implant: str) -> tuple[torch.Tensor, torch.Tensor]:
+        box: list = []
+        handle = self.get_submodule(implant).register_forward_hook(lambda m, a, out: box.append(out))
+        try:
+            emb = self._embed_trunk(x)
+        finally:
+            handle.remove()
+        return emb, box[0]
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Raw embeddings of ``input_size`` images through the trunk."""
@@ -466,14 +473,7 @@ class BTNet(nn.Module):
             return self._branch_forward(x, key, with_implant=True)
         if side != self.input_size:
             raise InputImageError(f"forward_with_implant takes sides {key} or {self.input_size}, got {side}")
-        box: list = []
-        handle = self.get_submodule(self.branches[str(key)].plan.implant).register_forward_hook(
-            lambda m, a, out: box.append(out))
-        try:
-            emb = self._embed_trunk(x)
-        finally:
-            handle.remove()
-        return emb, box[0]
+        return self._with_implant(x, self.branches[str(key)].plan.implant)
 
     def _check_input(self, x: Any) -> int:
         if not torch.is_tensor(x) or x.ndim != 4:

@@ -1,16 +1,12 @@
 """Surgery on hierarchical backbones: trace, find implant points, remove downsampling.
 
-timm cannot start a model in the middle of its network. BTNet needs two partial runs of one
-module tree:
-
-* the **prefix** of branch ``r``: the trunk's own ``forward_features`` from the input up to the
-  implant module, with every downsampling module swapped for a stride-free view, stopped by
-  an exception raised from a forward hook on the implant module;
-* the **suffix**: the trunk's own ``forward_features`` on the implanted tensor, with the prefix
-  modules swapped for identities.
-
-Both runs swap modules in and out of the *live* tree for the duration of one call
-(:func:`swapped`), so a branch is a view over the trunk's modules, never a deep copy.
+timm cannot start a model in the middle of its network. A branch therefore runs the trunk's
+own ``forward_features`` with, for the duration of one call (:func:`swapped`), the branch's
+modules in place of the trunk's and every downsampling module before the implant point replaced
+by a stride-free view; the rest of the tree is the trunk's, so a branch is a view over the
+trunk's modules, never a deep copy. The cut itself is validated once: the trunk stopped at the
+implant module (:func:`stop_after`) and resumed with its prefix swapped for identities must
+reproduce the whole trunk, which proves the implant point splits the network cleanly.
 Everything is found by running the trunk once at its canonical size with forward hooks
 (:func:`trace_modules`): module order and *measured* shapes, not ``feature_info`` promises.
 """
