@@ -10,10 +10,9 @@ For each model, in one run (all paths timed round-robin, so ratios see the same 
    module running ``trunk.forward_features`` + head on BTNet's own modules, and the backbone
    built by ``timm.create_model`` (same weights, same head) run directly; target ≤ 3 %.
 3. **Swap overhead** (``--swap-models``, batch 1). A branch forward swaps the branch's modules
-   into the shared tree and back (``surgery.swapped``), runs the trunk up to the implant point
-   (stopped by an exception), then runs it again from there with the prefix swapped for
-   identities. This times the swaps alone and the branch forward against leaner variants
-   (see :func:`swap_rows`), down to a deep copy with the swaps applied for good.
+   and stride-free views into the shared tree for the call and back (``surgery.swapped``). This
+   times the swaps alone and the branch forward against a variant with the swaps resolved once
+   and a deep copy with the swaps applied for good (see :func:`swap_rows`).
 
 Usage::
 
@@ -140,14 +139,6 @@ OVERHEAD_HEADERS = ["model", "batch", "BTNet(x) ms", "forward_trunk ms", "plain 
 
 
 # --------------------------------------------------------------------------- 3. swaps
-def _stride_free(kind: str) -> Callable[[nn.Module], nn.Module]:
-    return lambda old: surgery.stride_free(old, kind)
-
-
-def _to_identity(old: nn.Module) -> nn.Module:
-    return nn.Identity()
-
-
 def _resolve(model: BTNet, swaps: Sequence[tuple[str, Callable]]) -> list[tuple[nn.Module, str, nn.Module]]:
     out = []
     for path, make in swaps:
@@ -164,74 +155,62 @@ def _assign(resolved: Sequence[tuple[nn.Module, str, nn.Module]]) -> list[tuple[
     return undo
 
 
-def _swap_lists(model: BTNet, r: int) -> tuple[list, list, list]:
-    """``(overrides, stride-free views, prefix identities)``: the swaps ``BTNet`` makes for branch ``r``."""
+def _branch_swaps(model: BTNet, r: int) -> tuple[list, list]:
+    """``(overrides, stride-free views)``: the swaps ``BTNet`` makes for a branch-``r`` call."""
     plan = model.branches[str(r)].plan
     return (model.branches[str(r)].override_swaps(),
-            [(p, _stride_free(k)) for p, k in plan.downsampling],
-            [(p, _to_identity) for p in plan.prefix])
+            [(p, lambda old, k=k: surgery.stride_free(old, k)) for p, k in plan.downsampling])
 
 
 def _resolve_branch(model: BTNet, r: int) -> list[tuple[nn.Module, str, nn.Module]]:
     """Overrides and stride-free views of branch ``r`` as ``(parent, key, module)`` assignments."""
-    overrides, strides, _ = _swap_lists(model, r)
+    overrides, strides = _branch_swaps(model, r)
     with surgery.swapped(model, overrides):  # stride views live inside the branch's copies
         return _resolve(model, overrides) + _resolve(model, strides)
 
 
 def swap_rows(name: str, model: BTNet, repeats: int, warmup: int, progress: bool) -> list[list[str]]:
-    """Per branch at batch 1: the branch forward now, its swaps alone, and three leaner variants.
+    """Per branch at batch 1: the branch forward, its swaps alone, and two leaner variants.
 
-    * swaps now: entering and leaving every ``surgery.swapped`` and ``stop_after`` of one
-      branch forward, without running anything;
-    * one pass: overrides and stride-free views swapped in as now, then the trunk's own
-      forward and head straight through (no stop at the implant, no second pass);
-    * one pass, resolved: the same with the swaps resolved once (``parent._modules[key] = m``);
+    * swaps: entering and leaving the ``surgery.swapped`` of one branch forward, running nothing;
+    * resolved: the swaps resolved once and applied as plain ``parent._modules[key] = m``;
     * materialised: a deep copy with the swaps applied for good (the floor for any swapping).
     """
     rows = []
     for r in model.branch_resolutions:
         x = torch.randn(1, 3, r, r)
-        overrides, strides, prefix = _swap_lists(model, r)
-        implant = model.get_submodule(model.branches[str(r)].plan.implant)
+        overrides, strides = _branch_swaps(model, r)
         resolved = _resolve_branch(model, r)
         materialised = copy.deepcopy(model)
         _assign(_resolve_branch(materialised, r))
 
-        def swaps_now() -> None:
-            with surgery.swapped(model, overrides):
-                with surgery.swapped(model, strides), surgery.stop_after(implant):
-                    pass
-                with surgery.swapped(model, prefix):
-                    pass
+        def swaps_only() -> None:
+            with surgery.swapped(model, overrides + strides):
+                pass
 
-        def one_pass() -> torch.Tensor:
-            with surgery.swapped(model, overrides), surgery.swapped(model, strides):
-                return model.forward_trunk(x)
-
-        def one_pass_resolved() -> torch.Tensor:
+        def resolved_pass() -> torch.Tensor:
             undo = _assign(resolved)
             try:
                 return model.forward_trunk(x)
             finally:
                 _assign(undo[::-1])
 
-        calls = {"now": lambda: model(x), "swaps": swaps_now, "one": one_pass, "resolved": one_pass_resolved,
+        calls = {"now": lambda: model(x), "swaps": swaps_only, "resolved": resolved_pass,
                  "materialised": lambda: materialised.forward_trunk(x)}
         with torch.inference_mode():
-            for key in ("one", "resolved", "materialised"):
+            for key in ("resolved", "materialised"):
                 torch.testing.assert_close(calls[key](), model(x), rtol=1e-4, atol=1e-4)
             times = time_calls(calls, repeats, warmup, progress, desc=f"{name} swaps {r}")
         ms = {k: median_ms(v) for k, v in times.items()}
-        rows.append([name, str(r), str(len(overrides) + len(strides) + len(prefix)), f"{ms['now']:.3f}",
+        rows.append([name, str(r), str(len(overrides) + len(strides)), f"{ms['now']:.3f}",
                      f"{1e3 * ms['swaps']:.0f} ({100 * ms['swaps'] / ms['now']:.1f} %)",
-                     f"{ms['one']:.3f}", f"{ms['resolved']:.3f}", f"{ms['materialised']:.3f}",
+                     f"{ms['resolved']:.3f}", f"{ms['materialised']:.3f}",
                      f"{100 * (ms['now'] / ms['materialised'] - 1):+.1f} %"])
     return rows
 
 
-SWAP_HEADERS = ["model", "branch", "swaps/call", "forward now ms", "swaps now µs (share)", "one pass ms",
-                "one pass, resolved ms", "materialised ms", "now vs materialised"]
+SWAP_HEADERS = ["model", "branch", "swaps/call", "forward ms", "swaps µs (share)",
+                "resolved swaps ms", "materialised ms", "forward vs materialised"]
 
 
 # --------------------------------------------------------------------------- main
