@@ -16,7 +16,11 @@ from collections.abc import Sequence
 from pathlib import Path
 
 #: Modules that add command groups (``register(subparsers)``).
-COMMAND_MODULES: tuple[str, ...] = ()
+COMMAND_MODULES: tuple[str, ...] = (
+    "btnet_adapters.hub",
+    "btnet_adapters.export",
+    "btnet_adapters.checkpoints",
+)
 
 ORL_DIR = Path(__file__).resolve().parent / "assets" / "orl"
 #: Widths the ORL faces (92×112) are scaled to by ``btnet inspect``, aspect ratio kept.

@@ -24,6 +24,7 @@ import torch.nn.functional as F
 from . import routing, surgery
 from .errors import ConfigError, InputImageError, ResolutionError, UnsupportedBackboneError
 from .heads import HEADS, create_head
+from .hub import HubMixin
 from .images import to_pixels
 from .resize import ResizeSpec, resize_tensor
 
@@ -131,7 +132,7 @@ def _eval(module: nn.Module) -> Iterator[None]:
             m.training = flag
 
 
-class BTNet(nn.Module):
+class BTNet(HubMixin, nn.Module):
     """A face embedding network that takes any input resolution.
 
     Args:
@@ -219,7 +220,7 @@ class BTNet(nn.Module):
                     raise
                 failures.append(f"{r}: {err}")
                 warnings.warn(f"no branch for pyramid level {r}: {err}", stacklevel=2)
-        if not self.branches:
+        if resolutions is None and not self.branches:
             raise UnsupportedBackboneError(
                 f"no pyramid level of {self._init_config['backbone']} can take a branch; " + "; ".join(failures))
         self.num_classes = 0

@@ -14,6 +14,7 @@ from typing import Any
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from . import backbones  # noqa: F401 - registers iresnet*/mobilefacenet with timm
+from .errors import ConfigError
 from .model import BTNet
 
 #: Defaults of each registered BTNet (JSON-serialisable BTNet arguments).
@@ -38,7 +39,7 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
     )
 
 
-default_cfgs = generate_default_cfgs({name: _cfg() for name in ZOO})
+default_cfgs = generate_default_cfgs({**{name: _cfg() for name in ZOO}, "btnet": _cfg()})
 
 
 def _create_btnet(variant: str, pretrained: bool = False, **kwargs: Any) -> BTNet:
@@ -87,3 +88,16 @@ def btnet_convnext_atto(pretrained: bool = False, **kwargs: Any) -> BTNet:
 def btnet_efficientnet_b0(pretrained: bool = False, **kwargs: Any) -> BTNet:
     """timm EfficientNet-B0; branches 7/14/28 at 112."""
     return _create_btnet("btnet_efficientnet_b0", pretrained, **kwargs)
+
+
+@register_model
+def btnet(pretrained: bool = False, **kwargs: Any) -> BTNet:
+    """Any hierarchical timm backbone: ``timm.create_model("btnet", backbone="convnext_tiny")``.
+
+    Hub configs of models without a zoo entry record this architecture with their arguments.
+    """
+    if "backbone" not in kwargs:
+        raise ConfigError("btnet needs backbone=, e.g. timm.create_model('btnet', backbone='convnext_tiny')")
+    kwargs.setdefault("resolutions", DEFAULT_RESOLUTIONS)
+    kwargs.pop("global_pool", None)
+    return build_model_with_cfg(BTNet, "btnet", pretrained, **kwargs)
