@@ -20,6 +20,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btnet_adapters.hub",
     "btnet_adapters.export",
     "btnet_adapters.checkpoints",
+    "btnet_adapters.evaluate.cli",
 )
 
 ORL_DIR = Path(__file__).resolve().parent / "assets" / "orl"
