@@ -1,4 +1,4 @@
-"""``btnet eval verify|identify``: run the field's protocols with a model and write reports.
+"""``btnet eval verify|identify|ijb``: run the field's protocols with a model and write reports.
 
 Models (``--model``, ``--baseline``) are given as
 
@@ -299,6 +299,31 @@ def cmd_identify(args: argparse.Namespace) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- ijb
+def cmd_ijb(args: argparse.Namespace) -> int:
+    """``btnet eval ijb``: IJB-B / IJB-C 1:1 and 1:N with per-image routing by face size."""
+    from .ijb_runner import load_ijb, run_ijb
+
+    _threads(args.threads)
+    if args.fuse_flip_r7 and args.no_flip:
+        raise ConfigError("--fuse-flip-r7 replaces flip TTA by the mirrored 7-px view; "
+                          "drop --no-flip")
+    resize = parse_resize(args.resize)
+    degrade_resize = parse_resize(args.degrade_resize) if args.degrade_resize else None
+    meta = load_ijb(args.ijb, args.target, image_dir=args.images)  # fail before loading models
+    model, baselines = _embedders(args)
+    run = run_ijb(model, meta, baselines=baselines, validate=False,
+                  score_weight=not args.no_score_weight,
+                  normalize=not args.norm_score, progress=not args.quiet,
+                  strategy=args.strategy, max_side=args.max_side, resize=resize,
+                  degrade_resize=degrade_resize, flip=not args.no_flip,
+                  fuse_flip_side=7 if args.fuse_flip_r7 else None,
+                  batch_size=args.batch_size, workers=args.workers)
+    text, written = run.write(args.out)
+    _print_written(text, written)
+    return 0
+
+
 def _threads(n: int | None) -> None:
     if n:
         import torch
@@ -333,8 +358,8 @@ def _common(p: argparse.ArgumentParser, resize_default: str) -> None:
 
 
 def register(subparsers: Any) -> None:
-    """Add ``eval verify`` and ``eval identify`` to the ``btnet`` command."""
-    ev = subparsers.add_parser("eval", help="run verification / identification protocols")
+    """Add ``eval verify``, ``eval identify`` and ``eval ijb`` to the ``btnet`` command."""
+    ev = subparsers.add_parser("eval", help="run verification / identification / IJB protocols")
     sub = ev.add_subparsers(dest="eval_command", required=True)
 
     v = sub.add_parser("verify", help="multi-resolution 1:1 verification (r1&r2 settings)")
@@ -367,3 +392,24 @@ def register(subparsers: Any) -> None:
     i.add_argument("--all-routings", action="store_true",
                    help="also tabulate the model over the 9 indicator × strategy combinations")
     i.set_defaults(func=cmd_identify)
+
+    j = sub.add_parser("ijb", help="IJB-B / IJB-C 1:1 and 1:N (5-point alignment, templates)")
+    _common(j, "cv2:bilinear:noaa")
+    j.add_argument("--ijb", required=True, help="IJB folder holding meta/ and loose_crop/ "
+                                                "(--images overrides the image folder)")
+    j.add_argument("--target", choices=("IJBC", "IJBB"), default="IJBC")
+    j.add_argument("--strategy", choices=STRATEGIES, default="ceil",
+                   help="routing of the face size (112 / similarity scale) to a resolution")
+    j.add_argument("--max-side", type=int, metavar="R",
+                   help="down-scale each image first so its face is at most R px")
+    j.add_argument("--degrade-resize", metavar="SPEC",
+                   help="resize spec of the --max-side down-scaling (default: --resize)")
+    j.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
+    j.add_argument("--fuse-flip-r7", action="store_true",
+                   help="reference's 112&7: trunk(crop) + 7-px branch(mirrored crop at 7)")
+    j.add_argument("--no-score-weight", action="store_true",
+                   help="do not multiply image features by the detector score")
+    j.add_argument("--norm-score", action="store_true",
+                   help="keep the feature norm as a weight (no per-image normalisation)")
+    j.add_argument("--workers", type=int, default=0, help="image loading threads")
+    j.set_defaults(func=cmd_ijb)
