@@ -21,6 +21,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btnet_adapters.export",
     "btnet_adapters.checkpoints",
     "btnet_adapters.evaluate.cli",
+    "btnet_adapters.analysis.cli",
 )
 
 ORL_DIR = Path(__file__).resolve().parent / "assets" / "orl"
