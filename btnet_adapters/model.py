@@ -515,8 +515,19 @@ class BTNet(HubMixin, nn.Module):
         std = torch.tensor(self.pretrained_cfg["std"], device=pixels.device).view(-1, 1, 1) * 255
         return (pixels - mean) / std
 
-    def route(self, width: int, height: int, indicator: str = "max", strategy: str = "ceil") -> int:
-        """The resolution an image of ``width``×``height`` goes to."""
+    def route(self, width: int, height: int, indicator: str = "max", strategy: str = "ceil",
+              effective_side: float | None = None) -> int:
+        """The resolution an image of ``width``×``height`` goes to.
+
+        With ``indicator="effective"`` give the image's ``effective_side`` (pixels of detail it
+        carries, e.g. :func:`btnet_adapters.effective.effective_side`; ``inf`` = not limited):
+        the image goes by ``min(max(W, H), effective_side)``.
+        """
+        if indicator == routing.EFFECTIVE:
+            if effective_side is None:
+                raise ConfigError("indicator='effective' needs effective_side= (pixels of detail the image "
+                                  "carries); embed(indicator='effective') measures it from the pixels")
+            return routing.select_resolution_effective(width, height, effective_side, self.resolutions, strategy)
         return routing.select_resolution(width, height, self.resolutions, indicator, strategy)
 
     @torch.no_grad()
@@ -529,17 +540,23 @@ class BTNet(HubMixin, nn.Module):
         flip: bool = False,
         normalize: bool = True,
         progress: bool | None = None,
+        calibration: Any = None,
     ) -> torch.Tensor:
         """Embed images of any size: route each one, resize it to its branch, batch per branch.
 
         Args:
             images: PIL images, H×W(×C) uint8 arrays or C×H×W tensors (uint8, or float in [0, 1]).
-            indicator: ``"max"``, ``"min"`` or ``"avg"`` of width and height.
+            indicator: ``"max"``, ``"min"`` or ``"avg"`` of width and height, or ``"effective"``:
+                ``min(max(W, H), effective side)``, the effective side estimated from each
+                image's pixels (:mod:`btnet_adapters.effective`), so an enlarged or blurred face
+                goes to the branch its detail fits and is resized down to it.
             strategy: ``"ceil"``, ``"near"`` or ``"floor"`` allocation to :attr:`resolutions`.
             batch_size: images per forward pass.
             flip: add the embedding of the horizontally flipped image (flip TTA).
             normalize: L2-normalise (raw embeddings otherwise).
             progress: tqdm bar (default: when there are more than 8 batches).
+            calibration: :class:`btnet_adapters.effective.EffectiveCalibration` for
+                ``indicator="effective"`` (default: the bundled ORL calibration).
 
         Returns:
             ``(N, embed_dim)`` float32 CPU tensor, in input order.
@@ -551,7 +568,14 @@ class BTNet(HubMixin, nn.Module):
         if len(images) == 0:
             raise InputImageError("embed() got no images")
         pixels = [to_pixels(img, i) for i, img in enumerate(images)]
-        targets = [self.route(p.shape[2], p.shape[1], indicator, strategy) for p in pixels]
+        if calibration is not None and indicator != routing.EFFECTIVE:
+            raise ConfigError(f"calibration is only used with indicator='effective', not {indicator!r}")
+        if indicator == routing.EFFECTIVE:
+            from .effective import route_pixels
+
+            targets = [int(r) for r in route_pixels(pixels, self.resolutions, strategy, calibration)]
+        else:
+            targets = [self.route(p.shape[2], p.shape[1], indicator, strategy) for p in pixels]
         device = next(self.parameters()).device
         out = torch.empty(len(pixels), self.embed_dim)
         jobs = []

@@ -11,6 +11,14 @@ reference's inclusive intervals::
 
 Every input gets a resolution: sizes above the largest go to the largest, sizes below
 the smallest to the smallest (the reference drops images above 1000 px; we do not).
+
+The indicators in :data:`INDICATORS` depend on the size alone. The ``"effective"`` indicator
+(:data:`EFFECTIVE`) also needs the image *content*: an image carries at most
+``min(max(W, H), effective side)`` pixels of detail, where the effective side is estimated from
+its pixels by :mod:`btnet_adapters.effective`. It has its own entry points,
+:func:`select_resolutions_effective` / :func:`select_resolution_effective`, which take the
+effective sides already measured; :func:`btnet_adapters.effective.route_effective` and
+``BTNet.embed(indicator="effective")`` measure them and call these.
 """
 
 from __future__ import annotations
@@ -23,11 +31,14 @@ import numpy as np
 from .errors import ConfigError, InputImageError
 
 __all__ = [
+    "EFFECTIVE",
     "INDICATORS",
     "STRATEGIES",
     "resolution_indicator",
     "select_resolution",
+    "select_resolution_effective",
     "select_resolutions",
+    "select_resolutions_effective",
 ]
 
 # One vectorised function per indicator: (widths, heights) int64 arrays -> int64 array.
@@ -39,9 +50,17 @@ _INDICATORS: dict[str, Callable[[np.ndarray, np.ndarray], np.ndarray]] = {
 }
 INDICATORS: tuple[str, ...] = tuple(_INDICATORS)
 STRATEGIES: tuple[str, ...] = ("ceil", "near", "floor")
+#: The content-based indicator: min(max(W, H), effective side); see select_resolutions_effective.
+EFFECTIVE = "effective"
 
 
 def _check_name(value: str, accepted: tuple[str, ...], what: str) -> None:
+    if value == EFFECTIVE and what == "indicator":
+        raise ConfigError(
+            f"indicator {EFFECTIVE!r} needs the image content, not only its size; use "
+            "BTNet.embed(indicator='effective'), btnet_adapters.effective.route_effective, or "
+            "select_resolutions_effective with effective sides you measured"
+        )
     if value not in accepted:
         raise ConfigError(f"unknown {what} {value!r}; accepted: {', '.join(accepted)}")
 
@@ -167,3 +186,75 @@ def select_resolution(
     _check_side("width", width)
     _check_side("height", height)
     return int(select_resolutions([(int(width), int(height))], resolutions, indicator, strategy)[0])
+
+
+def _effective_array(effective_sides: Sequence[float] | np.ndarray, count: int) -> np.ndarray:
+    """Validated float64 array of ``count`` effective sides (>= 1 px, or ``inf``)."""
+    try:
+        array = np.asarray(effective_sides, dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise InputImageError(f"effective sides must be numbers (pixels), got {effective_sides!r}") from exc
+    if array.size != count:
+        raise InputImageError(f"got {array.size} effective side(s) for {count} image size(s); give one per image")
+    bad = np.flatnonzero(np.isnan(array) | (array < 1))
+    if bad.size:
+        raise InputImageError(
+            f"effective sides must be >= 1 px (or inf for 'not limited'); side #{int(bad[0])} is "
+            f"{array[bad[0]]!r}"
+        )
+    return array
+
+
+def select_resolutions_effective(
+    sizes: Sequence[tuple[int, int]] | np.ndarray,
+    effective_sides: Sequence[float] | np.ndarray,
+    resolutions: Sequence[int],
+    strategy: str = "ceil",
+) -> np.ndarray:
+    """Select a resolution for each image from its size *and* its effective side.
+
+    An image can never carry more detail than its pixel size, so the indicator is
+    ``floor(min(max(W, H), effective side))``; it is then allocated like the size-based
+    indicators. Effective sides come from :func:`btnet_adapters.effective.effective_sides`
+    (or any estimate of the pixels of detail an image holds); ``inf`` means "not limited by
+    its content" and routes by ``max(W, H)`` alone.
+
+    Args:
+        sizes: ``N`` pairs of (width, height) in pixels, or an ``(N, 2)`` integer array.
+        effective_sides: ``N`` effective sides in pixels (>= 1, or ``inf``).
+        resolutions: available resolutions (any order); the largest is the trunk size.
+        strategy: one of :data:`STRATEGIES`.
+
+    Returns:
+        int64 array of shape ``(N,)`` holding the selected resolution of each image.
+
+    Raises:
+        ConfigError: unknown strategy, or empty/non-positive resolutions.
+        InputImageError: bad sizes, or effective sides that are not one number >= 1 per image.
+    """
+    _check_name(strategy, STRATEGIES, "strategy")
+    table = _resolution_array(resolutions)
+    array = _size_array(sizes)
+    limits = _effective_array(effective_sides, len(array))
+    values = np.floor(np.minimum(np.maximum(array[:, 0], array[:, 1]), limits)).astype(np.int64)
+    return _allocate(values, table, strategy)
+
+
+def select_resolution_effective(
+    width: int,
+    height: int,
+    effective_side: float,
+    resolutions: Sequence[int],
+    strategy: str = "ceil",
+) -> int:
+    """Select the resolution for one image from its size and effective side.
+
+    See :func:`select_resolutions_effective` for the arguments and errors.
+
+    Returns:
+        The selected resolution (an element of ``resolutions``).
+    """
+    _check_side("width", width)
+    _check_side("height", height)
+    chosen = select_resolutions_effective([(int(width), int(height))], [effective_side], resolutions, strategy)
+    return int(chosen[0])
