@@ -106,13 +106,13 @@ def test_blank_image_has_the_smallest_side():
 
 # ----------------------------------------------------------------------------- calibration
 def test_default_confusion_on_orl_is_diagonal(orl_112):
-    """Held-out resampler (torch antialiased bilinear) and enlargement (192 px); measured 0.96."""
+    """Held-out resampler (torch antialiased bilinear) and enlargement (192 px); measured 0.925."""
     spec = ResizeSpec("torch", "bilinear", antialias=True)
     truth = [r for r in DEFAULT_SIDES for _ in orl_112]
     images = [degrade(face, r, 192, spec) for r in DEFAULT_SIDES for face in orl_112]
     table = confusion(truth, effective_sides(images), DEFAULT_SIDES)
     assert table.sum() == len(images)
-    assert np.trace(table) / table.sum() >= 0.88
+    assert np.trace(table) / table.sum() >= 0.85
     assert (table.diagonal() >= 0.75 * len(orl_112)).all(), table
     assert np.abs(np.subtract.outer(np.arange(5), np.arange(5)))[table > 0].max() <= 1, table  # off by one side at most
 
@@ -121,11 +121,14 @@ def test_calibrate_on_orl_subset(orl_112):
     cal = calibrate(orl_112, progress=False, source="ORL subset")
     default = default_calibration()
     assert cal.sides == default.sides and cal.n_images == len(orl_112)
-    assert cal.accuracy is not None and cal.accuracy >= 0.93  # measured 0.98
+    assert cal.jpeg_qualities == default.jpeg_qualities
+    assert cal.accuracy is not None and cal.accuracy >= 0.78  # measured 0.85 (4 in 5 copies JPEG)
     np.testing.assert_allclose(cal.thresholds, default.thresholds, atol=0.25)
     table = np.array(cal.confusion)
     assert table.sum() == len(orl_112) * len(DEFAULT_SIDES) * len(cal.degradations)
     assert np.trace(table) / table.sum() == pytest.approx(cal.accuracy)
+    lossless = calibrate(orl_112, jpeg_qualities=(None,), progress=False)
+    assert lossless.accuracy >= 0.93  # measured 0.98
 
 
 def test_calibrate_custom_sides_and_spec(orl_112):
@@ -134,6 +137,19 @@ def test_calibrate_custom_sides_and_spec(orl_112):
     assert cal.sides == (8, 16, 32, 64) and cal.analysis_size == 64
     assert cal.degradations == (CV2_BILINEAR.to_dict(),) and cal.enlarge == (96,)
     assert effective_side(degrade(orl_112[20], 16, 96, CV2_BILINEAR), cal) == 16
+
+
+def test_jpeg_copies(orl_112):
+    copy = degrade(orl_112[0], 14, 112, jpeg_quality=50)
+    assert copy.shape == (112, 112) and copy.dtype == np.uint8
+    assert not np.array_equal(copy, degrade(orl_112[0], 14, 112))
+    cal = calibrate(orl_112[:3], enlarge=(112, 160), jpeg_qualities=(None, 80), progress=False)
+    assert cal.jpeg_qualities == (None, 80)
+    assert EffectiveCalibration.from_dict(json.loads(json.dumps(cal.to_dict()))) == cal
+    with pytest.raises(ConfigError, match="jpeg_quality"):
+        degrade(orl_112[0], 14, 112, jpeg_quality=100)
+    with pytest.raises(ConfigError, match="jpeg_qualities"):
+        calibrate(orl_112[:1], jpeg_qualities=())
 
 
 def test_calibration_json_round_trip(tmp_path, orl_112):
@@ -274,9 +290,10 @@ def test_cli_estimate_and_calibrate(tmp_path, orl_112, capsys):
     out = capsys.readouterr().out.splitlines()
     assert out[0].endswith("low.png\t112x112\teffective 7") and out[1].endswith("effective 112")
     target = tmp_path / "cal.json"
-    args = parser.parse_args(["effective", "calibrate", str(folder), "--out", str(target)])
+    args = parser.parse_args(["effective", "calibrate", str(folder), "--out", str(target), "--jpeg", "none,90"])
     assert args.func(args) == 0
     assert EffectiveCalibration.load(target).n_images == 2
+    assert EffectiveCalibration.load(target).jpeg_qualities == (None, 90)
     with pytest.raises(InputImageError, match="no such image"):
         args = parser.parse_args(["effective", "estimate", str(tmp_path / "nowhere")])
         args.func(args)
