@@ -23,6 +23,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btnet_adapters.evaluate.cli",
     "btnet_adapters.analysis.cli",
     "btnet_adapters.train.cli",
+    "btnet_adapters.reproduce.cli",
 )
 
 ORL_DIR = Path(__file__).resolve().parent / "assets" / "orl"
