@@ -24,7 +24,6 @@ from __future__ import annotations
 import os
 import platform
 import statistics
-import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
@@ -38,6 +37,7 @@ from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
 from tqdm.auto import tqdm
 
+from ._atomic import atomic_path
 from .errors import ConfigError
 
 TABLE_FORMATS = ("markdown", "plain")
@@ -506,13 +506,6 @@ def plot_costs(report: CostReport, path: str | os.PathLike, title: str | None = 
         ax.set_ylabel(ylabel)
         ax.margins(y=0.15)
     fig.suptitle(title or f"BTNet {report.model}: cost per path")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.stem}.", suffix=path.suffix, dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            fig.savefig(fh, format=fmt)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, format=fmt)
     return path

@@ -185,9 +185,9 @@ class EffectiveCalibration:
 
     def save(self, path: str | os.PathLike[str]) -> Path:
         """Write the calibration as JSON (atomically) and return the path."""
-        from .evaluate._atomic import write_text
+        from ._atomic import write_text_atomic
 
-        return write_text(path, json.dumps(self.to_dict(), indent=2) + "\n")
+        return write_text_atomic(path, json.dumps(self.to_dict(), indent=2) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike[str]) -> "EffectiveCalibration":

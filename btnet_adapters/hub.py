@@ -928,62 +928,11 @@ class HubMixin:
         return from_pretrained(src, resolutions, revision=revision, cache_dir=cache_dir, force=force,
                                classifier=classifier, token=token, model_cls=cls)
 
-    def save_pretrained(
-        self,
-        save_directory: str | os.PathLike,
-        *,
-        resolutions: Sequence[int] | None = None,
-        classifier: bool = True,
-        adapters_only: bool = False,
-        metrics: Mapping[str, Any] | None = None,
-        license: str | None = None,
-        model_card: bool = True,
-        repo_id: str | None = None,
-        overwrite: bool = False,
-    ) -> Path:
-        """Write the model as a Hub/timm-loadable folder (see :func:`save_pretrained`)."""
-        return save_pretrained(self, save_directory, resolutions=resolutions, classifier=classifier,  # type: ignore[arg-type]
-                               adapters_only=adapters_only, metrics=metrics, license=license,
-                               model_card=model_card, repo_id=repo_id, overwrite=overwrite)
-
-    def save_adapter(self, save_directory: str | os.PathLike, resolution: int, *, overwrite: bool = False) -> Path:
-        """Write one resolution's adapter alone (see :func:`save_adapter`)."""
-        return save_adapter(self, save_directory, resolution, overwrite=overwrite)  # type: ignore[arg-type]
-
-    def push_to_hub(
-        self,
-        repo_id: str,
-        *,
-        private: bool | None = None,
-        adapters_only: bool = False,
-        resolutions: Sequence[int] | None = None,
-        classifier: bool = False,
-        metrics: Mapping[str, Any] | None = None,
-        license: str | None = None,
-        commit_message: str | None = None,
-        revision: str | None = None,
-        create_pr: bool = False,
-        token: str | None = None,
-    ) -> str:
-        """Upload the model or its adapters to the Hub (see :func:`push_to_hub`)."""
-        return push_to_hub(self, repo_id, private=private, adapters_only=adapters_only,  # type: ignore[arg-type]
-                           resolutions=resolutions, classifier=classifier, metrics=metrics, license=license,
-                           commit_message=commit_message, revision=revision, create_pr=create_pr, token=token)
-
-    def load_adapter(
-        self,
-        src: str | os.PathLike,
-        resolution: int | None = None,
-        *,
-        subfolder: str | None = None,
-        revision: str | None = None,
-        cache_dir: str | os.PathLike | None = None,
-        force: bool = False,
-        token: str | None = None,
-    ) -> int:
-        """Load one resolution's adapter into this model (see :func:`load_adapter`)."""
-        return load_adapter(self, src, resolution, subfolder=subfolder, revision=revision,  # type: ignore[arg-type]
-                            cache_dir=cache_dir, force=force, token=token)
+    # The module functions take the model first, so they serve as methods unchanged.
+    save_pretrained = save_pretrained
+    save_adapter = save_adapter
+    push_to_hub = push_to_hub
+    load_adapter = load_adapter
 
 
 # --------------------------------------------------------------------------- command line

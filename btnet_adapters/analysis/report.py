@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cost
-from ..data._io import write_bytes_atomic, write_text_atomic
+from .._atomic import write_bytes_atomic, write_text_atomic
 from ..errors import ConfigError
 from ..evaluate.report import markdown_table
 from .costs import StorageSummary, storage_summary

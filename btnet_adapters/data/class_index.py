@@ -12,7 +12,7 @@ import os
 from pathlib import Path
 from collections.abc import Mapping
 
-from ._io import write_text_atomic
+from .._atomic import write_text_atomic
 from .errors import DatasetError, MissingDataError
 
 

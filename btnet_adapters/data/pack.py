@@ -31,7 +31,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..errors import ConfigError
-from ._io import write_text_atomic
+from .._atomic import write_text_atomic
 from .decode import decode_image, encode_jpeg, encode_png, image_format
 from .errors import CorruptImageError, DatasetError
 from .recordio import IndexedRecordWriter, pack_record

@@ -28,7 +28,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from ._io import create_temp
+from .._atomic import create_temp
 from .errors import MissingDataError, RecordIOError
 
 MAGIC = 0xCED7230A

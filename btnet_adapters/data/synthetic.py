@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..errors import ConfigError
-from ._io import write_bytes_atomic
+from .._atomic import write_bytes_atomic
 from .decode import encode_jpeg, encode_png
 
 FORMATS = {"png": ".png", "jpeg": ".jpg", "pgm": ".pgm"}

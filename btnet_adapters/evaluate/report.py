@@ -15,7 +15,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import ConfigError
-from ._atomic import atomic_path, write_text
+from .._atomic import atomic_path, write_text_atomic
 from .identification import IdentificationResult
 from .ijb import IJBIdentificationResult, IJBVerificationResult
 from .verification import VerificationResult
@@ -132,8 +132,8 @@ def write_table(rows: Sequence[Row], path: str | os.PathLike[str], *,
     md = markdown_table(rows, cols, floatfmt=floatfmt, title=title)
     doc = {"title": title, "columns": cols, "rows": [dict(r) for r in rows],
            "meta": dict(meta or {})}
-    md_path = write_text(base.with_name(base.name + ".md"), md)
-    json_path = write_text(base.with_name(base.name + ".json"),
+    md_path = write_text_atomic(base.with_name(base.name + ".md"), md)
+    json_path = write_text_atomic(base.with_name(base.name + ".json"),
                            json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
     return md_path, json_path
 

@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from ..data._io import write_bytes_atomic, write_text_atomic
+from .._atomic import write_bytes_atomic, write_text_atomic
 from ..data.decode import encode_png
 from ..errors import ConfigError
 

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cost
-from ..data._io import write_text_atomic
+from .._atomic import write_text_atomic
 from ..evaluate import GainWarning, cross_resolution_gain, parse_setting, same_resolution_gain
 from ..evaluate.report import markdown_table, plot_accuracy_vs_resolution, write_table
 from ..model import BTNet

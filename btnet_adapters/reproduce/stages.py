@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-from ..data._io import write_text_atomic
+from .._atomic import write_text_atomic
 from ..errors import BTNetError, ConfigError
 
 DONE = "done.json"

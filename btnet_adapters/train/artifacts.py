@@ -31,7 +31,7 @@ from ..data import read_class_index, write_class_index
 from ..errors import ConfigError
 from ..heads import HEADS, MarginHead, create_head
 from ..model import BTNet
-from .checkpoint import atomic_path
+from .._atomic import atomic_path
 from .partial_fc import head_hyper_parameters, head_name
 
 logger = logging.getLogger(__name__)

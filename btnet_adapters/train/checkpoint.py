@@ -11,8 +11,6 @@ from __future__ import annotations
 import json
 import os
 import re
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -20,24 +18,11 @@ import torch
 from safetensors import SafetensorError
 from safetensors.torch import load_file, safe_open, save_file
 
-from ..data._io import create_temp
+from .._atomic import atomic_path
 from ..errors import ConfigError
 
 FORMAT = "btnet-train-checkpoint"
 _NAME = re.compile(r"^ckpt-(\d{9})\.safetensors$")
-
-
-@contextmanager
-def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
-    """A temporary path next to ``path`` that replaces it when the block succeeds."""
-    fd, tmp = create_temp(path)
-    os.close(fd)
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def checkpoint_path(folder: str | os.PathLike[str], step: int) -> Path:

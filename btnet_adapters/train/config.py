@@ -20,7 +20,7 @@ from typing import Any, ClassVar
 import torch
 
 from ..data import BRANCH_DEGRADATION, PRESETS, TRUNK_DEGRADATION, CorruptPolicy, DegradationSpec
-from ..data._io import write_text_atomic
+from .._atomic import write_text_atomic
 from ..errors import ConfigError
 from ..heads import HEADS
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from tqdm.auto import tqdm
 
-from ..data._io import write_text_atomic
+from .._atomic import write_text_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -97,7 +97,7 @@ def plot_losses(log_path: str | os.PathLike[str], out_path: str | os.PathLike[st
     except ImportError:
         logger.warning("matplotlib is not installed: no loss plot (pip install matplotlib)")
         return None
-    from .checkpoint import atomic_path
+    from .._atomic import atomic_path
 
     fig = Figure(figsize=(7, 4))
     FigureCanvasAgg(fig)

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .._atomic import write_bytes
+from ..._atomic import write_bytes_atomic
 from ..errors import ProtocolFileError
 from ..safe_pickle import safe_loads
 
@@ -165,4 +165,4 @@ def write_bin(path: str | os.PathLike[str], images: Sequence[Any], issame: Seque
         raise ProtocolFileError(f"{len(flags)} pairs need {2 * len(flags)} images, got "
                                 f"{len(images)}")
     blobs = [_encode(img, i, image_format) for i, img in enumerate(images)]
-    return write_bytes(path, pickle.dumps((blobs, flags), protocol=4))
+    return write_bytes_atomic(path, pickle.dumps((blobs, flags), protocol=4))
