@@ -203,7 +203,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from btnet_adapters.effective import EffectiveCalibration, default_calibration
     from btnet_adapters.evaluate import markdown_table, read_pairs_tsv
-    from btnet_adapters.evaluate._atomic import write_text
+    from btnet_adapters._atomic import write_text_atomic as write_text
 
     start = time.time()
     celeba = args.data / "celeba112"

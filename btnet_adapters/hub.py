@@ -834,12 +834,14 @@ def _check_adapter(model: BTNet, config: Mapping[str, Any], resolution: int | No
     base = config.get("base_model") or {}
     theirs, ours = base.get("model_args") or {}, _structure(model.config())
     diff = {k: (theirs.get(k), ours[k]) for k in STRUCTURE_KEYS if theirs.get(k) != ours[k]}
-    if diff:
+    ours_fp = trunk_fingerprint(model)
+    # Arguments spelled differently (a default given explicitly) are fine when the trunk is the
+    # very one the adapter was trained on: same parameter names, shapes and values.
+    if diff and base.get("trunk_fingerprint") != ours_fp:
         raise ArtifactError(
             f"{what} was made for another trunk architecture ({base.get('architecture')}); differences "
             f"(adapter, model): {diff}"
         )
-    ours_fp = trunk_fingerprint(model)
     if base.get("trunk_fingerprint") != ours_fp:
         _fingerprint_problem(
             f"{what} was trained on trunk {base.get('trunk_fingerprint')}, but this model's trunk is {ours_fp}", force,

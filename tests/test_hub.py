@@ -272,6 +272,20 @@ def test_foreign_architecture(saved: Path) -> None:
     assert other.branch_resolutions == (14,)
 
 
+def test_same_trunk_with_defaults_spelled_out(model: BTNet, saved: Path) -> None:
+    """An adapter of a model built with a default argument given explicitly (as `btnet reproduce`
+    does for insightface weights) loads onto the same trunk built without it, and vice versa."""
+    kwargs = {**MFN, "backbone_kwargs": {**MFN.get("backbone_kwargs", {}), "blocks": [1, 4, 6, 2]}}
+    explicit = timm.create_model("btnet_mobilefacenet", resolutions=[], **kwargs).eval()
+    explicit.load_state_dict(model.state_dict(), strict=False)
+    assert explicit.config()["backbone_kwargs"] != model.config()["backbone_kwargs"]
+    assert load_adapter(explicit, saved, resolution=14) == 14
+    assert torch.equal(outputs(explicit)[14], outputs(model)[14])
+    perturb(explicit.trunk, 3)  # another trunk and other arguments: refused, even with force
+    with pytest.raises(ArtifactError, match="another trunk architecture"):
+        load_adapter(explicit, saved, resolution=7, force=True)
+
+
 def test_generic_architecture_record(tmp_path: Path) -> None:
     model = BTNet.from_timm("resnet10t", resolutions=(14,), embed_dim=64).eval()
     if timm.is_model("btnet"):
