@@ -14,6 +14,9 @@ import io
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -155,6 +158,31 @@ def test_rerun_reuses_completed_stages_and_resumes_an_interrupted_one(tiny_run):
     assert adapter.read_bytes() == weights
     assert json.loads(json.dumps({r["key"]: r for r in resumed.report.accuracy})) == before
     assert (out / "branch_r7" / "done.json").is_file()
+
+
+def test_sigterm_stops_a_training_stage_and_the_same_command_resumes_it(tmp_path):
+    """A real interruption: ``btnet reproduce`` in a subprocess gets SIGTERM while φ_hr trains."""
+    out = tmp_path / "run"
+    long = {"max_steps": 400, "epochs": 100.0, "batch_size": 8}
+    args = [sys.executable, "-m", "btnet_adapters.reproduce.cli", *TINY_ARGS, "--out", str(out), "--resolutions", "7",
+            "--no-phi-mr", "--no-phi-mm", "--trunk-options", json.dumps(long)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = out / "trunk_hr" / "log.jsonl"
+    deadline = time.monotonic() + 120
+    while not (log.is_file() and log.read_text().count("\n") >= 2) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert proc.poll() is None, proc.communicate()
+    proc.send_signal(signal.SIGTERM)
+    stdout, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr
+    assert "run the same command again to resume it" in stderr and not stdout
+    assert not (out / "trunk_hr" / "done.json").exists() and list((out / "trunk_hr" / "checkpoints").iterdir())
+    done = subprocess.run(args, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr
+    marker = _json(out / "trunk_hr" / "done.json")
+    assert marker["result"]["steps"] == 400
+    steps = [json.loads(line)["step"] for line in log.read_text().splitlines() if '"step"' in line]
+    assert steps == sorted(steps) and steps[-1] == 400  # continued, not restarted from step 0
 
 
 def test_a_stage_made_with_other_settings_is_refused(tiny_run):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import signal
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -119,14 +120,15 @@ def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
 
 
 def run_command(args: argparse.Namespace) -> int:
-    """Run ``btnet reproduce``; print the report and the written files. Returns the exit status."""
+    """Run ``btnet reproduce``; print the report and the written files. Returns the exit status
+    (0; 2 for bad input; 128 + the signal number when a stage was interrupted)."""
     from .pipeline import run_reproduce
 
     try:
         result = run_reproduce(config_from_args(args), stream=sys.stderr)
     except StageInterrupted as err:
         print(f"btnet reproduce: {err}", file=sys.stderr)
-        return 130
+        return 128 + int(err.signal or signal.SIGINT)
     except BTNetError as err:
         print(f"btnet reproduce: error: {err}", file=sys.stderr)
         return 2

@@ -345,7 +345,7 @@ class Reproduction:
     def _finished(result: Any, what: str) -> dict[str, Any]:
         if result.interrupted:
             raise StageInterrupted(f"{what} stopped at step {result.step}/{result.total_steps}; run the same "
-                                   "command again to resume it")
+                                   "command again to resume it", signal=result.signal)
         return {"steps": result.step, "last": result.last}
 
     def _work_trunk(self, cfg: TrunkConfig, resume: bool) -> dict[str, Any]:

@@ -30,7 +30,15 @@ MARKER_VERSION = 1
 
 
 class StageInterrupted(BTNetError):
-    """A stage stopped early (SIGINT/SIGTERM); running the same command again resumes it."""
+    """A stage stopped early (SIGINT/SIGTERM); running the same command again resumes it.
+
+    Attributes:
+        signal: the signal number that stopped it (``None``: unknown).
+    """
+
+    def __init__(self, message: str, signal: int | None = None) -> None:
+        super().__init__(message)
+        self.signal = signal
 
 
 def spec_key(spec: dict[str, Any]) -> str:
