@@ -22,6 +22,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btnet_adapters.checkpoints",
     "btnet_adapters.evaluate.cli",
     "btnet_adapters.analysis.cli",
+    "btnet_adapters.effective",
     "btnet_adapters.train.cli",
     "btnet_adapters.reproduce.cli",
 )

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import json
 import math
 
@@ -12,7 +11,7 @@ import pytest
 import torch
 
 from btnet_adapters import BTNet, routing
-from btnet_adapters.cli import orl_faces
+from btnet_adapters.cli import build_parser, orl_faces
 from btnet_adapters.effective import (
     DEFAULT_SIDES,
     EffectiveCalibration,
@@ -24,7 +23,6 @@ from btnet_adapters.effective import (
     degrade,
     effective_side,
     effective_sides,
-    register,
     route_effective,
 )
 from btnet_adapters.errors import ConfigError, InputImageError
@@ -283,8 +281,7 @@ def test_cli_estimate_and_calibrate(tmp_path, orl_112, capsys):
     folder.mkdir()
     Image.fromarray(degrade(orl_112[5], 7, 112)).save(folder / "low.png")
     Image.fromarray(orl_112[5]).save(folder / "sharp.png")
-    parser = argparse.ArgumentParser()
-    register(parser.add_subparsers(dest="command"))
+    parser = build_parser()  # the `btnet` command itself
     args = parser.parse_args(["effective", "estimate", str(folder)])
     assert args.func(args) == 0
     out = capsys.readouterr().out.splitlines()
