@@ -14,6 +14,10 @@ import sys
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .resize import ResizeSpec
 
 #: Modules that add command groups (``register(subparsers)``).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -37,6 +41,17 @@ def _ints(text: str) -> list[int]:
         return [int(t) for t in text.split(",") if t.strip()]
     except ValueError as err:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
+
+
+def resize_arg(text: str) -> "ResizeSpec":
+    """argparse type of a ``backend:filter:aa|noaa`` resize option (see :meth:`ResizeSpec.parse`)."""
+    from .errors import BTNetError
+    from .resize import ResizeSpec
+
+    try:
+        return ResizeSpec.parse(text)
+    except BTNetError as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def build_model(name: str, input_size: int = 112, resolutions: Sequence[int] | None = None):

@@ -66,6 +66,15 @@ class ResizeSpec:
             raise ConfigError(f"unknown ResizeSpec keys {sorted(unknown)}")
         return cls(**data)
 
+    @classmethod
+    def parse(cls, text: str) -> "ResizeSpec":
+        """Inverse of ``str(spec)``: ``backend:filter:aa|noaa``, e.g. ``cv2:bilinear:noaa``."""
+        parts = text.strip().split(":")
+        if len(parts) != 3 or parts[2] not in ("aa", "noaa"):
+            raise ConfigError(f"a resize spec looks like 'cv2:bilinear:noaa' or 'pil:bicubic:aa' "
+                              f"(backend:filter:aa|noaa), got {text!r}")
+        return cls(parts[0], parts[1], antialias=parts[2] == "aa")
+
     def __str__(self) -> str:
         return f"{self.backend}:{self.filter}:{'aa' if self.antialias else 'noaa'}"
 

@@ -11,9 +11,9 @@ import torch
 
 from btnet_adapters import cli
 from btnet_adapters.evaluate import write_bin
-from btnet_adapters.evaluate.cli import load_model, parse_kwargs, parse_resize
+from btnet_adapters.evaluate.cli import load_model, parse_kwargs
 from btnet_adapters.errors import ConfigError
-from btnet_adapters.resize import CV2_BILINEAR, PIL_BICUBIC
+from btnet_adapters.resize import CV2_BILINEAR, PIL_BICUBIC, ResizeSpec
 
 from .test_evaluate_runners import orl_face
 
@@ -115,9 +115,9 @@ def test_verify_errors(btnet, data, tmp_path, capsys, argv, message):
 
 
 def test_helpers_and_saved_folder(data, tmp_path):
-    assert parse_resize("cv2:bilinear:noaa") == CV2_BILINEAR
+    assert ResizeSpec.parse("cv2:bilinear:noaa") == CV2_BILINEAR
     with pytest.raises(ConfigError, match="resize spec"):
-        parse_resize("bilinear")
+        ResizeSpec.parse("bilinear")
     assert parse_kwargs("num_features=128,scale=1,act=prelu") == {
         "num_features": 128, "scale": 1, "act": "prelu"}
     with pytest.raises(ConfigError, match="name=value"):

@@ -25,11 +25,11 @@ def _print_written(text: str, paths: Sequence[Path]) -> None:
 
 def cmd_upsampling(args: argparse.Namespace) -> int:
     """``btnet analyze upsampling-error``."""
-    from ..evaluate.cli import parse_resize
+    from ..resize import ResizeSpec
     from .report import upsampling_table, write_upsampling
     from .upsampling import analyse_folder
 
-    report = analyse_folder(args.dir, args.resolutions, parse_resize(args.resize), args.size,
+    report = analyse_folder(args.dir, args.resolutions, ResizeSpec.parse(args.resize), args.size,
                             args.limit, args.batch_size, progress=not args.quiet)
     _print_written(upsampling_table(report), write_upsampling(report, args.out))
     return 0

@@ -31,15 +31,6 @@ DEFAULT_OUT = "btnet_eval"
 
 
 # --------------------------------------------------------------------------- parsing helpers
-def parse_resize(text: str) -> ResizeSpec:
-    """``backend:filter:aa|noaa`` (as ``str(ResizeSpec)``), e.g. ``cv2:bilinear:noaa``."""
-    parts = text.strip().split(":")
-    if len(parts) != 3 or parts[2] not in ("aa", "noaa"):
-        raise ConfigError(f"a resize spec looks like 'cv2:bilinear:noaa' or 'pil:bicubic:aa', "
-                          f"got {text!r}")
-    return ResizeSpec(parts[0], parts[1], antialias=parts[2] == "aa")
-
-
 def parse_kwargs(text: str | None) -> dict[str, Any]:
     """``"num_features=128,scale=1"`` → ``{"num_features": 128, "scale": 1}`` (JSON values, else str)."""
     out: dict[str, Any] = {}
@@ -180,7 +171,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     settings = parse_settings(args.settings)
     pairs = _read_pairs(args)
     model, baselines = _embedders(args)
-    resize = parse_resize(args.resize)
+    resize = ResizeSpec.parse(args.resize)
     runs = [run_verification(e, pairs, settings, resize=resize, flip=not args.no_flip,
                              batch_size=args.batch_size, progress=not args.quiet)
             for e in [model, *baselines]]
@@ -261,7 +252,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     modes = _modes(args.mode)
     gallery, mated, unmated = _read_lists(args)
     model, baselines = _embedders(args)
-    resize = parse_resize(args.resize)
+    resize = ResizeSpec.parse(args.resize)
     common = dict(resize=resize, probe_size=args.probe_size, flip=args.flip,
                   batch_size=args.batch_size, progress=not args.quiet)
     run_kw = dict(modes=modes, rank=args.rank)
@@ -308,8 +299,8 @@ def cmd_ijb(args: argparse.Namespace) -> int:
     if args.fuse_flip_r7 and args.no_flip:
         raise ConfigError("--fuse-flip-r7 replaces flip TTA by the mirrored 7-px view; "
                           "drop --no-flip")
-    resize = parse_resize(args.resize)
-    degrade_resize = parse_resize(args.degrade_resize) if args.degrade_resize else None
+    resize = ResizeSpec.parse(args.resize)
+    degrade_resize = ResizeSpec.parse(args.degrade_resize) if args.degrade_resize else None
     meta = load_ijb(args.ijb, args.target, image_dir=args.images)  # fail before loading models
     model, baselines = _embedders(args)
     run = run_ijb(model, meta, baselines=baselines, validate=False,

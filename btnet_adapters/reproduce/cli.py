@@ -13,8 +13,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
+from ..cli import resize_arg
 from ..errors import BTNetError
-from ..resize import ResizeSpec
 from .config import ReproduceConfig
 from .stages import StageInterrupted
 
@@ -40,16 +40,6 @@ def _json_object(text: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise argparse.ArgumentTypeError(f"expected a JSON object, got {text!r}")
     return value
-
-
-def _resize(text: str) -> ResizeSpec:
-    parts = text.split(":")
-    if len(parts) != 3 or parts[2] not in ("aa", "noaa"):
-        raise argparse.ArgumentTypeError(f"expected backend:filter:aa|noaa (e.g. cv2:bilinear:noaa), got {text!r}")
-    try:
-        return ResizeSpec(parts[0], parts[1], parts[2] == "aa")
-    except BTNetError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -87,10 +77,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                          help="fine-tunes of a given trunk (φ_mr / φ_mm)")
     recipes.add_argument("--branch-options", type=_json_object, default={},
                          help='branch runs, e.g. \'{"epochs": 3, "lr": 0.05}\'')
-    recipes.add_argument("--train-resize", type=_resize,
+    recipes.add_argument("--train-resize", type=resize_arg,
                          help="down-sampling of training degradations (default: as --eval-resize)")
     ev = p.add_argument_group("evaluation and run")
-    ev.add_argument("--eval-resize", type=_resize,
+    ev.add_argument("--eval-resize", type=resize_arg,
                     help="resize of the protocols (default: cv2:bilinear:noaa, the reference's verification; "
                          "torch:bilinear:noaa when OpenCV is not installed)")
     ev.add_argument("--flip", action=argparse.BooleanOptionalAction, default=d.flip, help="flip TTA (default on)")

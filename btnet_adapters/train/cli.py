@@ -24,8 +24,8 @@ from collections.abc import Callable, Sequence
 from functools import partial
 from typing import Any
 
+from ..cli import resize_arg
 from ..errors import BTNetError
-from ..resize import ResizeSpec
 from .config import BranchConfig, RunConfig, TrunkConfig, load_config
 
 EXAMPLES = {
@@ -113,21 +113,11 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[RunConfig]) ->
                                 metavar=f.name.upper(), help=help_text)
 
 
-def _parse_resize(text: str) -> ResizeSpec:
-    parts = text.split(":")
-    if len(parts) != 3 or parts[2] not in ("aa", "noaa"):
-        raise argparse.ArgumentTypeError(f"expected backend:filter:aa|noaa (e.g. torch:bilinear:noaa), got {text!r}")
-    try:
-        return ResizeSpec(parts[0], parts[1], parts[2] == "aa")
-    except BTNetError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
 def _build_parser(parser: argparse.ArgumentParser, kind: str) -> None:
     cls = TrunkConfig if kind == "trunk" else BranchConfig
     parser.add_argument("--config", metavar="JSON", help="start from a saved configuration "
                         "(e.g. a run's train_config.json); options given here override it")
-    parser.add_argument("--resize", type=_parse_resize, metavar="BACKEND:FILTER:AA",
+    parser.add_argument("--resize", type=resize_arg, metavar="BACKEND:FILTER:AA",
                         help="shortcut for the degradation's down-sampling, e.g. torch:bilinear:noaa, "
                              "pil:bilinear:aa, cv2:bilinear:noaa")
     if kind == "trunk":
