@@ -590,8 +590,20 @@ def _cmd_calibrate(args: Any) -> int:
     return 0
 
 
+def _jpeg_qualities(text: str) -> list[int | None]:
+    import argparse
+
+    try:
+        return [None if v.strip().lower() == "none" else int(v) for v in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected JPEG qualities 1-99 or 'none', comma-separated "
+                                         f"(e.g. none,90,70), got {text!r}") from None
+
+
 def register(subparsers: Any) -> None:
     """Add ``btnet effective estimate|calibrate`` to the ``btnet`` command."""
+    from .cli import _ints
+
     parser = subparsers.add_parser("effective", help="effective (optical) resolution of face images")
     sub = parser.add_subparsers(dest="effective_command", required=True)
     est = sub.add_parser("estimate", help="print the effective side of images")
@@ -601,9 +613,9 @@ def register(subparsers: Any) -> None:
     cal = sub.add_parser("calibrate", help="fit the estimator on your own sharp faces")
     cal.add_argument("images", nargs="+", help="sharp face images or folders")
     cal.add_argument("--out", required=True, help="calibration JSON to write")
-    cal.add_argument("--resolutions", type=lambda t: [int(v) for v in t.split(",")],
+    cal.add_argument("--resolutions", type=_ints,
                      default=list(DEFAULT_SIDES), help="candidate sides, e.g. 7,14,28,56,112")
-    cal.add_argument("--jpeg", type=lambda t: [None if v.strip().lower() == "none" else int(v) for v in t.split(",")],
+    cal.add_argument("--jpeg", type=_jpeg_qualities,
                      default=list(CALIBRATION_JPEG_QUALITIES),
                      help="JPEG qualities of the copies, e.g. none,90,75 (default: none,95,85,70,50)")
     cal.add_argument("--source", default="", help="a note recorded in the calibration")
