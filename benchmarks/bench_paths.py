@@ -9,9 +9,10 @@ For each model, in one run (all paths timed round-robin, so ratios see the same 
 2. **Overhead at 112.** ``BTNet(x112)`` against the same computation without BTNet: a plain
    module running ``trunk.forward_features`` + head on BTNet's own modules, and the backbone
    built by ``timm.create_model`` (same weights, same head) run directly; target ≤ 3 %.
-3. **Swap overhead** (``--swap-models``, batch 1). A branch forward swaps the branch's modules
-   and stride-free views into the shared tree for the call and back (``surgery.swapped``). This
-   times the swaps alone and the branch forward against a variant with the swaps resolved once
+3. **Swap overhead** (``--swap-models``, batch 1). A branch forward puts the branch's modules
+   and stride-free views into the shared tree for the call and back (resolved once per branch,
+   ``BTNet._resolved_swaps``). This times what resolving the swaps on every call would cost
+   (``surgery.swapped``), and the branch forward against plain assignment of the resolved swaps
    and a deep copy with the swaps applied for good (see :func:`swap_rows`).
 
 Usage::
@@ -172,7 +173,8 @@ def _resolve_branch(model: BTNet, r: int) -> list[tuple[nn.Module, str, nn.Modul
 def swap_rows(name: str, model: BTNet, repeats: int, warmup: int, progress: bool) -> list[list[str]]:
     """Per branch at batch 1: the branch forward, its swaps alone, and two leaner variants.
 
-    * swaps: entering and leaving the ``surgery.swapped`` of one branch forward, running nothing;
+    * swaps: resolving, entering and leaving the swaps of one branch forward per call
+      (``surgery.swapped``), running nothing: what BTNet would pay without its cache;
     * resolved: the swaps resolved once and applied as plain ``parent._modules[key] = m``;
     * materialised: a deep copy with the swaps applied for good (the floor for any swapping).
     """

@@ -283,22 +283,57 @@ def stride_free(module: nn.Module, kind: str) -> nn.Module:
     return StrideFreeConv2d(module) if kind == "conv" else nn.Identity()
 
 
-@contextmanager
-def swapped(root: nn.Module, swaps: Sequence[tuple[str, Callable[[nn.Module], nn.Module]]]) -> Iterator[None]:
-    """Temporarily replace modules of ``root``: ``swaps`` are ``(path, make)`` applied in order,
-    ``make(current_module) -> replacement``; everything is restored on exit, even on error."""
-    undo: list[tuple[nn.Module, str, nn.Module]] = []
+#: One resolved swap: ``(parent, key, module expected there, replacement)``.
+Assignment = tuple[nn.Module, str, nn.Module, nn.Module]
+
+
+class StaleSwapsError(RuntimeError):
+    """The module tree changed since the swaps were resolved (see :func:`assigned`)."""
+
+
+def resolve_swaps(root: nn.Module, swaps: Sequence[tuple[str, Callable[[nn.Module], nn.Module]]]) -> list[Assignment]:
+    """Resolve ``(path, make)`` swaps into :data:`Assignment` s, once: ``make(current)`` is
+    called for each path in order, with the earlier swaps in place (a later path may lead
+    through an earlier replacement); the tree is left as it was."""
+    resolved: list[Assignment] = []
     try:
         for path, make in swaps:
             parent_path, _, name = path.rpartition(".")
             parent = root.get_submodule(parent_path) if parent_path else root
             old = parent._modules[name]
+            new = make(old)
+            resolved.append((parent, name, old, new))
+            parent._modules[name] = new
+    finally:
+        for parent, name, old, _ in reversed(resolved):
+            parent._modules[name] = old
+    return resolved
+
+
+@contextmanager
+def assigned(assignments: Sequence[Assignment]) -> Iterator[None]:
+    """Put resolved replacements in place for the block; everything is restored on exit, even on
+    error. Raises :class:`StaleSwapsError` (with nothing changed) when a slot no longer holds the
+    module it held when the swaps were resolved."""
+    undo: list[tuple[nn.Module, str, nn.Module]] = []
+    try:
+        for parent, name, old, new in assignments:
+            if parent._modules.get(name) is not old:
+                raise StaleSwapsError(f"{type(parent).__name__}.{name} changed since its swaps were resolved")
+            parent._modules[name] = new
             undo.append((parent, name, old))
-            parent._modules[name] = make(old)
         yield
     finally:
         for parent, name, old in reversed(undo):
             parent._modules[name] = old
+
+
+@contextmanager
+def swapped(root: nn.Module, swaps: Sequence[tuple[str, Callable[[nn.Module], nn.Module]]]) -> Iterator[None]:
+    """Temporarily replace modules of ``root``: ``swaps`` are ``(path, make)`` applied in order,
+    ``make(current_module) -> replacement``; everything is restored on exit, even on error."""
+    with assigned(resolve_swaps(root, swaps)):
+        yield
 
 
 class _Implanted(Exception):
