@@ -28,6 +28,8 @@ from btnet_adapters.effective import (
 from btnet_adapters.errors import ConfigError, InputImageError
 from btnet_adapters.resize import CV2_BILINEAR, PIL_BILINEAR, ResizeSpec, resize_array, resize_tensor
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread is fastest here
+
 REFERENCE_SET = (7, 14, 28, 112)
 
 
@@ -40,15 +42,6 @@ def power_law_pattern(seed: int = 0, slope: float = 2.5, size: int = 112) -> np.
     spectrum = (rng.standard_normal((size, size)) + 1j * rng.standard_normal((size, size))) / radius ** (slope / 2)
     x = np.real(np.fft.ifft2(spectrum))
     return np.round((x - x.min()) / (x.max() - x.min()) * 255).astype(np.uint8)
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny tensors: torch's thread pool only costs time on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

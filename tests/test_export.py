@@ -21,17 +21,10 @@ from btnet_adapters.export import MANIFEST_NAME, OnnxBTNet, export_onnx
 from btnet_adapters.hub import ArtifactError, ArtifactExistsError
 from btnet_adapters.insightface import BTNetRecognizer
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread is fastest here
+
 PACKAGE_DIR = Path(btnet_adapters.__file__).parent
 ORL = PACKAGE_DIR / "assets" / "orl"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> None:
-    """Two shared CPU cores: torch's default thread pool makes these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def orl_faces(count: int = 8) -> list[np.ndarray]:

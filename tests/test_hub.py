@@ -39,6 +39,8 @@ from btnet_adapters.hub import (
     trunk_fingerprint,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread is fastest here
+
 COMMIT = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c"
 MFN = dict(embed_dim=128, backbone_kwargs=dict(num_features=128, scale=1))
 
@@ -83,15 +85,6 @@ def put_in_hub_cache(cache: Path, repo_id: str, folder: Path, commit: str = COMM
 
 def snapshot(folder: Path) -> dict[str, bytes]:
     return {p.relative_to(folder).as_posix(): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> None:
-    """Two shared CPU cores: torch's default thread pool makes these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")

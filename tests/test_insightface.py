@@ -44,17 +44,10 @@ from btnet_adapters.insightface import (
     similarity_transform,
 )
 
+pytestmark = pytest.mark.usefixtures("one_thread")  # tiny models: one torch thread is fastest here
+
 DETECTIONS = json.loads((Path(__file__).parent / "data" / "t1_detections.json").read_text())
 ORL = Path(btnet_adapters.__file__).parent / "assets" / "orl"
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread() -> None:
-    """Two shared CPU cores: torch's default thread pool makes these tests ~10x slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def t1(scale: str) -> np.ndarray:

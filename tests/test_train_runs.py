@@ -34,7 +34,7 @@ from btnet_adapters.train.monitor import read_log
 from btnet_adapters.train.partial_fc import ShardedMarginHead
 from btnet_adapters.train.trunk import build_model, resolution_sampler
 
-pytestmark = pytest.mark.filterwarnings("ignore:backbone 'test_resnet' has no btnet_")
+pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:backbone 'test_resnet' has no btnet_")]
 
 REPO = Path(__file__).resolve().parents[1]
 MODEL = "test_resnet"
@@ -52,15 +52,6 @@ def branch_config(data: Path, trunk: Path | None, out: Path, **changes) -> Branc
     base = dict(data=str(data), out=str(out), trunk=str(trunk) if trunk else None, resolution=R, epochs=1.0,
                 batch_size=8, lr=0.05, workers=0, log_every=1, progress=False)
     return BranchConfig(**{**base, **changes})
-
-
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    """Tiny models: one thread is fastest, and steadier on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="module")
