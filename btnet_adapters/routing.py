@@ -147,6 +147,13 @@ def _check_side(name: str, value: int) -> None:
         raise InputImageError(f"{name} must be an integer >= 1 px, got {value!r}")
 
 
+def _one_size(width: int, height: int) -> tuple[int, int]:
+    """``(width, height)`` of one image, checked."""
+    _check_side("width", width)
+    _check_side("height", height)
+    return int(width), int(height)
+
+
 def resolution_indicator(width: int, height: int, indicator: str = "max") -> int:
     """The resolution indicator of one image size.
 
@@ -163,8 +170,7 @@ def resolution_indicator(width: int, height: int, indicator: str = "max") -> int
         InputImageError: width or height not an integer >= 1.
     """
     _check_name(indicator, INDICATORS, "indicator")
-    _check_side("width", width)
-    _check_side("height", height)
+    width, height = _one_size(width, height)
     value = _INDICATORS[indicator](np.int64(width), np.int64(height))
     return int(value)
 
@@ -183,9 +189,7 @@ def select_resolution(
     Returns:
         The selected resolution (an element of ``resolutions``).
     """
-    _check_side("width", width)
-    _check_side("height", height)
-    return int(select_resolutions([(int(width), int(height))], resolutions, indicator, strategy)[0])
+    return int(select_resolutions([_one_size(width, height)], resolutions, indicator, strategy)[0])
 
 
 def _effective_array(effective_sides: Sequence[float] | np.ndarray, count: int) -> np.ndarray:
@@ -254,7 +258,4 @@ def select_resolution_effective(
     Returns:
         The selected resolution (an element of ``resolutions``).
     """
-    _check_side("width", width)
-    _check_side("height", height)
-    chosen = select_resolutions_effective([(int(width), int(height))], [effective_side], resolutions, strategy)
-    return int(chosen[0])
+    return int(select_resolutions_effective([_one_size(width, height)], [effective_side], resolutions, strategy)[0])
