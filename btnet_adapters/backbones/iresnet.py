@@ -13,7 +13,7 @@ arcface_torch embedding backbones (this one and :mod:`.mobilefacenet`).
 from __future__ import annotations
 
 import abc
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -77,8 +77,10 @@ def face_pretrained_cfg(first_conv: str, **kwargs: Any) -> dict[str, Any]:
 class FaceEmbeddingNet(nn.Module, metaclass=abc.ABCMeta):
     """Base of the arcface_torch embedding backbones: the uniform timm model API.
 
-    Subclasses build their layers and implement ``forward_features``,
-    ``forward_head_impl``, ``forward_intermediates`` and ``prune_intermediate_layers``.
+    Subclasses build their layers and implement ``stage_forwards`` (and ``forward_tail`` when
+    something runs between the last stage and the head), ``forward_head_impl`` and
+    ``prune_intermediate_layers``; ``forward_features`` and ``forward_intermediates`` are
+    written once here on top of them.
     These are embedding networks: they have no classifier (``num_classes`` is always 0;
     classification heads are margin heads attached by BTNet), and ``num_features`` is the
     embedding size (as in arcface_torch), also exposed as ``head_hidden_size``.
@@ -168,8 +170,59 @@ class FaceEmbeddingNet(nn.Module, metaclass=abc.ABCMeta):
         """Embedding head of the subclass (called by ``forward_head`` after the checks)."""
 
     @abc.abstractmethod
+    def stage_forwards(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """One function per ``feature_info`` stage, from the previous stage's output (the image,
+        for the first stage, which includes the stem) to this stage's output. Built on each call
+        so that modules swapped in or pruned since are the ones that run."""
+
+    def forward_tail(self, x: torch.Tensor) -> torch.Tensor:
+        """What runs between the last stage and the head, outside the body's autocast (nothing)."""
+        return x
+
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """Body: ``(B, 3, 112, 112)`` images to the ``(B, C, 7, 7)`` map before the head."""
+        with self.body_autocast(x):
+            for stage in self.stage_forwards():
+                x = stage(x)
+        return self.forward_tail(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """Stage outputs (``feature_info`` order) and, unless ``intermediates_only``, the final map.
+
+        Args:
+            x: Input images ``(B, 3, H, W)``.
+            indices: Stages to return (timm semantics: None all, int last n, or a list).
+            norm: Must be False.
+            stop_early: Stop after the last requested stage (the final map is then that
+                stage's output; otherwise it is ``forward_features``'s).
+            output_fmt: Must be ``"NCHW"``.
+            intermediates_only: Return only the list of stage outputs.
+
+        Returns:
+            The stage outputs, or ``(final map, stage outputs)``.
+        """
+        take_indices, max_index = self.take_indices(indices, norm, output_fmt)
+        early = stop_early or intermediates_only
+        stages = self.stage_forwards()
+        if early:
+            stages = stages[: max_index + 1]
+        intermediates = []
+        with self.body_autocast(x):
+            for i, stage in enumerate(stages):
+                x = stage(x)
+                if i in take_indices:
+                    intermediates.append(x)
+        if intermediates_only:
+            return intermediates
+        return (x if early else self.forward_tail(x)), intermediates
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Embeddings ``(B, num_features)`` of ``(B, 3, 112, 112)`` normalised images."""
@@ -337,23 +390,13 @@ class IResNet(FaceEmbeddingNet):
                 if isinstance(m, IBasicBlock):
                     nn.init.constant_(m.bn2.weight, 0)
 
-    def stages(self) -> list[nn.Module]:
-        """The four stages ``layer1 .. layer4`` in order."""
-        return [self.layer1, self.layer2, self.layer3, self.layer4]
+    def stage_forwards(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """Stem + ``layer1``, then ``layer2 .. layer4``."""
+        return [lambda x: self.layer1(self.forward_stem(x)), self.layer2, self.layer3, self.layer4]
 
     def forward_stem(self, x: torch.Tensor) -> torch.Tensor:
         """``conv1 -> bn1 -> prelu`` (full resolution)."""
         return self.prelu(self.bn1(self.conv1(x)))
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """Stem and ``layer1 .. layer4``: ``(B, 3, 112, 112)`` to ``(B, 512, 7, 7)``."""
-        with self.body_autocast(x):
-            x = self.forward_stem(x)
-            x = self.layer1(x)
-            x = self.layer2(x)
-            x = self.layer3(x)
-            x = self.layer4(x)
-        return x
 
     def forward_head_impl(self, x: torch.Tensor) -> torch.Tensor:
         """``bn2 -> flatten -> dropout -> fc -> features``."""
@@ -363,43 +406,6 @@ class IResNet(FaceEmbeddingNet):
             x = self.dropout(x)
         x = self.fc(x.float() if self.fp16 else x)
         return self.features(x)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (``feature_info`` order) and, unless ``intermediates_only``, the final map.
-
-        Args:
-            x: Input images ``(B, 3, H, W)``.
-            indices: Stages to return (timm semantics: None all, int last n, or a list).
-            norm: Must be False.
-            stop_early: Stop after the last requested stage (the final map is then that stage's).
-            output_fmt: Must be ``"NCHW"``.
-            intermediates_only: Return only the list of stage outputs.
-
-        Returns:
-            The stage outputs, or ``(final map, stage outputs)``.
-        """
-        take_indices, max_index = self.take_indices(indices, norm, output_fmt)
-        stages = self.stages()
-        if stop_early or intermediates_only:
-            stages = stages[: max_index + 1]
-        intermediates = []
-        with self.body_autocast(x):
-            x = self.forward_stem(x)
-            for i, stage in enumerate(stages):
-                x = stage(x)
-                if i in take_indices:
-                    intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        return x, intermediates
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True

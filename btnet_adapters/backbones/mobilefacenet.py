@@ -9,7 +9,8 @@ converted MXNet ``fmobilefacenet``, ``num_features=128, scale=1``) load with
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import torch
@@ -236,55 +237,23 @@ class MobileFaceNet(FaceEmbeddingNet):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """``layers`` then ``conv_sep``: ``(B, 3, 112, 112)`` to ``(B, 512, 7, 7)``."""
-        with self.body_autocast(x):
-            for layer in self.layers:
-                x = layer(x)
+    def stage_forwards(self) -> list[Callable[[torch.Tensor], torch.Tensor]]:
+        """The runs of ``layers`` that end at each of :data:`STAGE_ENDS`."""
+        starts = (0, *(end + 1 for end in STAGE_ENDS[:-1]))
+        return [partial(self._run_layers, a, b + 1) for a, b in zip(starts, STAGE_ENDS)]
+
+    def _run_layers(self, start: int, stop: int, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers[start:stop]:
+            x = layer(x)
+        return x
+
+    def forward_tail(self, x: torch.Tensor) -> torch.Tensor:
+        """``conv_sep`` in float32 (arcface_torch runs only ``layers`` under fp16 autocast)."""
         return self.conv_sep(x.float() if self.fp16 else x)
 
     def forward_head_impl(self, x: torch.Tensor) -> torch.Tensor:
         """The GDC head ``features``."""
         return self.features(x)
-
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | Sequence[int] | None = None,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NCHW",
-        intermediates_only: bool = False,
-    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
-        """Stage outputs (``feature_info`` order) and, unless ``intermediates_only``, the final map.
-
-        Args:
-            x: Input images ``(B, 3, H, W)``.
-            indices: Stages to return (timm semantics: None all, int last n, or a list).
-            norm: Must be False.
-            stop_early: Stop after the last requested stage (the final map is then that
-                stage's output; otherwise it is the ``conv_sep`` output).
-            output_fmt: Must be ``"NCHW"``.
-            intermediates_only: Return only the list of stage outputs.
-
-        Returns:
-            The stage outputs, or ``(final map, stage outputs)``.
-        """
-        take_indices, max_index = self.take_indices(indices, norm, output_fmt)
-        early = stop_early or intermediates_only
-        layers = self.layers[: STAGE_ENDS[max_index] + 1] if early else self.layers
-        take_layers = {STAGE_ENDS[i] for i in take_indices}
-        intermediates = []
-        with self.body_autocast(x):
-            for i, layer in enumerate(layers):
-                x = layer(x)
-                if i in take_layers:
-                    intermediates.append(x)
-        if intermediates_only:
-            return intermediates
-        if not early:
-            x = self.conv_sep(x.float() if self.fp16 else x)
-        return x, intermediates
 
     def prune_intermediate_layers(
         self, indices: int | Sequence[int] = 1, prune_norm: bool = False, prune_head: bool = True
