@@ -31,6 +31,7 @@ from btnet_adapters.evaluate import ProtocolFileError, cross_resolution_gain, sa
 from btnet_adapters.reproduce import (ReproduceConfig, Reproduction, TrunkSource, infer_architecture, prepare_orl,
                                       run_reproduce, verification_pairs)
 from btnet_adapters.reproduce.cli import main as cli_main
+from btnet_adapters.reproduce.report import noise_notes
 
 pytestmark = pytest.mark.filterwarnings("ignore:backbone 'test_resnet' has no btnet_")
 
@@ -241,6 +242,16 @@ def test_trunk_folder_with_a_classifier_needs_no_fit(tiny_run, tmp_path):
     config = tiny_config(tmp_path / "out", trunk=str(tiny_run["out"] / "trunk_hr"), resolutions=(7,))
     names = [s.name for s, _ in Reproduction(config, stream=None).stages]
     assert names == ["data", "branch_r7", "eval_phi_hr", "eval_phi_bt"]
+
+
+def test_the_demo_note_names_the_network_it_ran(tmp_path):
+    result = {"accuracy": 0.9, "n_genuine": 450, "n_impostor": 450}
+    evaluations = {"phi_hr": {"verification": {"112&7": result}}}
+    scratch = noise_notes(evaluations, tiny_config(tmp_path))
+    given = noise_notes(evaluations, tiny_config(tmp_path, trunk=str(tmp_path / "mfn.safetensors")))
+    assert "NOISY" in scratch[0] and "a tiny network" in scratch[0]
+    assert "NOISY" in given[0] and "the given trunk" in given[0] and "tiny" not in given[0]
+    assert "standard error of about 1.0 points" in given[1]
 
 
 # ---------------------------------------------------------------------- the ORL split

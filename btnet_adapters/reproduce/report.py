@@ -154,8 +154,9 @@ def noise_notes(evaluations: dict[str, dict[str, Any]], config: ReproduceConfig)
     notes = [f"{n} verification pairs ({res['n_genuine']} same, {res['n_impostor']} different): one accuracy "
              f"has a standard error of about {se:.1f} points, so differences below ~{2 * se:.1f} points are noise."]
     if config.embedded_data:
+        model = "the given trunk" if config.given_trunk else "a tiny network"
         notes.insert(0, f"NOTE: this is the embedded demo: {40 - config.orl_test_identities} ORL people to train "
-                        f"on, {config.orl_test_identities} to verify, a tiny network and a few epochs on a CPU. "
+                        f"on, {config.orl_test_identities} to verify, {model} and a few epochs on a CPU. "
                         "Such a small set gives NOISY numbers: read the trends (up-sampling vs branches at 7 and "
                         "14 px), not the digits. The real-scale table is in the README.")
     return notes
