@@ -270,8 +270,17 @@ class BTNet(HubMixin, nn.Module):
                 return box[0]
             except Exception as err:  # noqa: BLE001 - reported as unsupported with its cause
                 raise UnsupportedBackboneError(
-                    f"the backbone fails at input {self.input_size}×{self.input_size}: {err}"
+                    f"the backbone fails at input {self.input_size}×{self.input_size}: {err}{self._native_size_hint()}"
                 ) from err
+
+    def _native_size_hint(self) -> str:
+        """A hint naming the backbone's native input size when it differs from ``input_size``."""
+        native = (getattr(self.trunk, "pretrained_cfg", None) or {}).get("input_size")
+        if not native or tuple(native[-2:]) == (self.input_size, self.input_size):
+            return ""
+        side = int(native[-1])
+        return (f". The backbone was built for {native[-2]}×{native[-1]} inputs (window or position sizes may be "
+                f"tied to it): try input_size={side}, or img_size={self.input_size} where the model takes it")
 
     def _run_full_probe(self) -> torch.Tensor:
         with _eval(self):

@@ -17,6 +17,7 @@ import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -264,12 +265,27 @@ def same_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 class StrideFreeConv2d(nn.Module):
     """A view of a convolution that runs it without its stride (weights shared, not copied).
 
-    The source module is held unregistered, so ``state_dict`` never sees it twice.
+    The source module is held unregistered, so ``state_dict`` never sees it twice. Parent
+    modules that read their conv's geometry in ``forward`` (DaViT pads to a multiple of
+    ``kernel_size`` before a stride-2 conv) see the source's, with ``stride`` 1.
     """
+
+    #: Geometry read through to the source convolution.
+    GEOMETRY = frozenset({"kernel_size", "dilation", "groups", "in_channels", "out_channels", "padding_mode"})
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
         self.__dict__["source"] = conv
+
+    def __getattr__(self, name: str) -> Any:
+        if name in StrideFreeConv2d.GEOMETRY:
+            return getattr(self.__dict__["source"], name)
+        return super().__getattr__(name)
+
+    @property
+    def stride(self) -> tuple[int, int]:
+        """Always ``(1, 1)``: the view runs without the source's stride."""
+        return (1, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return same_conv2d(x, self.source)

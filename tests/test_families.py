@@ -50,3 +50,19 @@ def test_default_resolutions_skip_levels_that_cannot_take_a_branch():
     assert model.branch_resolutions == (14, 28)
     with pytest.raises(UnsupportedBackboneError, match="7-px branch"):
         BTNet.from_timm("pvt_v2_b0", resolutions=(7,))
+
+
+def test_a_parent_reading_its_downsampling_convs_geometry_gets_branches():
+    # DaViT's Downsample pads to a multiple of conv.kernel_size before its stride-2 conv: the
+    # stride-free view answers with the source's kernel, so the 28-px branch builds; at 7 and 14
+    # px that padding grows the map by one, which the construction check catches and names.
+    with pytest.warns(UserWarning, match=r"7-px branch reaches .* \(384, 8, 8\), the trunk with \(384, 7, 7\)"):
+        model = BTNet.from_timm("davit_tiny", embed_dim=32)
+    assert 28 in model.branch_resolutions and 7 not in model.branch_resolutions
+    with torch.no_grad():
+        assert model.eval()(torch.randn(1, 3, 28, 28)).shape == (1, 32)
+
+
+def test_a_backbone_built_for_another_size_is_told_which():
+    with pytest.raises(UnsupportedBackboneError, match=r"built for 224×224 inputs.*input_size=224"):
+        BTNet.from_timm("coatnet_nano_rw_224", embed_dim=32)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 import torch.nn as nn
@@ -37,6 +39,33 @@ def test_stride_free_view_shares_weights_and_is_not_registered():
         conv.weight.mul_(2)
     expected = nn.functional.conv2d(torch.ones(1, 3, 6, 6), conv.weight, conv.bias, 1, 1)
     torch.testing.assert_close(view(torch.ones(1, 3, 6, 6)), expected)
+
+
+def test_stride_free_view_reads_geometry_through_with_stride_one():
+    conv = nn.Conv2d(4, 8, (3, 5), stride=2, dilation=(1, 2), groups=2, padding_mode="reflect")
+    view = surgery.StrideFreeConv2d(conv)
+    assert (view.kernel_size, view.dilation, view.groups) == ((3, 5), (1, 2), 2)
+    assert (view.in_channels, view.out_channels, view.padding_mode, view.stride) == (4, 8, "reflect", (1, 1))
+    with pytest.raises(AttributeError):
+        view.padding  # noqa: B018 - the view pads "same"; the source's padding would be wrong
+    copied = copy.deepcopy(view)
+    assert copied.kernel_size == (3, 5) and copied.source is not conv
+
+
+def test_a_parent_reading_its_convs_kernel_size_runs_on_the_branch():
+    class PadToKernel(nn.Module):  # DaViT's Downsample: pad to a multiple of the kernel, then conv
+        def __init__(self) -> None:
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, stride=2)
+
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            k = self.conv.kernel_size[0]
+            return self.conv(nn.functional.pad(x, (k // 2,) * 4))
+
+    net = nn.Sequential(PadToKernel(), nn.ReLU())
+    with surgery.swapped(net, [("0.conv", surgery.StrideFreeConv2d)]):
+        out = net(torch.randn(1, 3, 7, 7))
+    assert out.shape == (1, 8, 9, 9)  # the parent's own pad (1 each side) + same padding: no stride
 
 
 def test_swapped_restores_modules_even_on_error():
