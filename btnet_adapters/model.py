@@ -409,10 +409,15 @@ class BTNet(HubMixin, nn.Module):
                 f"the {resolution}-px branch (implant {plan.implant}) fails on a {resolution}×{resolution} "
                 f"input: {type(err).__name__}: {err}"
             ) from err
-        if tuple(z.shape[1:]) != plan.implant_shape:
+        got = tuple(z.shape[1:])
+        if got != plan.implant_shape:
+            cause = ("a module pads the map by its own rule (e.g. to a multiple of its kernel), which adds pixels "
+                     "once the stride is gone"
+                     if got[0] == plan.implant_shape[0] and got[-1] > plan.implant_shape[-1]
+                     else "some downsampling was not removed")
             raise UnsupportedBackboneError(
-                f"the {resolution}-px branch reaches {plan.implant} with shape {tuple(z.shape[1:])}, the trunk "
-                f"with {plan.implant_shape}: some downsampling was not removed"
+                f"the {resolution}-px branch reaches {plan.implant} with shape {got}, the trunk "
+                f"with {plan.implant_shape}: {cause}"
             )
 
     # ----------------------------------------------------------------- attributes
