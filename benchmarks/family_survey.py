@@ -34,7 +34,7 @@ DEFAULT_MODELS = (
     "lcnet_050", "tinynet_a", "fbnetc_100", "ese_vovnet19b_dw", "xception41", "selecsls42b", "repvit_m1",
     "mobileone_s0", "efficientvit_b0", "poolformer_s12", "caformer_s18", "inception_next_tiny", "starnet_s1",
     "mambaout_femto", "focalnet_tiny_srf", "davit_tiny", "nf_resnet26", "rdnet_tiny", "hgnet_tiny",
-    "efficientformerv2_s0", "coatnet_nano_rw_224", "coatnet_nano_rw_224@224", "pvt_v2_b0", "hrnet_w18_small",
+    "efficientformerv2_s0", "coatnet_nano_rw_224", "coatnet_nano_rw_224@224",
 )
 _SKIPPED = re.compile(r"no branch for pyramid level (\d+): (.*)")
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 import pytest
 import torch
 
@@ -56,9 +58,11 @@ def test_a_parent_reading_its_downsampling_convs_geometry_gets_branches():
     # DaViT's Downsample pads to a multiple of conv.kernel_size before its stride-2 conv: the
     # stride-free view answers with the source's kernel, so the 28-px branch builds; at 7 and 14
     # px that padding grows the map by one, which the construction check catches and names.
-    with pytest.warns(UserWarning, match=r"7-px branch reaches .* \(384, 8, 8\), the trunk with \(384, 7, 7\): "
-                                         r"a module pads the map"):
+    with pytest.warns(UserWarning) as caught:
         model = BTNet.from_timm("davit_tiny", embed_dim=32)
+    said = "\n".join(str(w.message) for w in caught)
+    assert re.search(r"7-px branch reaches .* \(384, 8, 8\), the trunk with \(384, 7, 7\): a module pads the map", said)
+    assert re.search(r"14-px branch reaches .* \(192, 16, 16\), the trunk with \(192, 14, 14\)", said)
     assert 28 in model.branch_resolutions and 7 not in model.branch_resolutions
     with torch.no_grad():
         assert model.eval()(torch.randn(1, 3, 28, 28)).shape == (1, 32)
