@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from btnet_adapters.evaluate import (ProtocolFileError, list_image_folder, parse_bin, read_bin,
-                                     read_identity_tsv, read_ijb_meta, read_lfw_pairs,
+                                     read_identity_tsv, read_ijb_meta, read_lfw_pairs, read_pair_list,
                                      read_pairs_tsv, read_survface_identification, write_bin)
 
 
@@ -144,6 +144,21 @@ def test_lfw_pairs_txt(tmp_path):
     (tmp_path / "short.txt").write_text("10\t300\nAnn\t1\t2\n")
     with pytest.raises(ProtocolFileError, match="announces"):
         read_lfw_pairs(tmp_path / "short.txt", root)
+
+
+def test_pair_lists_are_told_apart_by_content(tmp_path):
+    _touch(tmp_path / "lfw", ["Ann/Ann_0001.jpg", "Ann/Ann_0002.jpg"])
+    (tmp_path / "lfw" / "view1.txt").write_text("1\nAnn\t1\t2\nAnn\t2\tAnn\t1\n")
+    (tmp_path / "lfw" / "list.tsv").write_text("path1 path2 same\nAnn/Ann_0001.jpg Ann/Ann_0002.jpg 1\n")
+    lfw = read_pair_list(tmp_path / "lfw" / "view1.txt")  # images default to the list's folder
+    assert lfw.issame.tolist() == [True, False] and lfw.paths1[0] == tmp_path / "lfw" / "Ann" / "Ann_0001.jpg"
+    tsv = read_pair_list(tmp_path / "lfw" / "list.tsv")
+    assert tsv.issame.tolist() == [True] and tsv.folds is None
+    assert read_pair_list(tmp_path / "lfw" / "view1.txt", fmt="lfw").issame.tolist() == [True, False]
+    with pytest.raises(ProtocolFileError, match="expected 'path1 path2 same"):
+        read_pair_list(tmp_path / "lfw" / "view1.txt", fmt="tsv")
+    with pytest.raises(ProtocolFileError, match="accepted: auto, tsv, lfw"):
+        read_pair_list(tmp_path / "lfw" / "view1.txt", fmt="csv")
 
 
 def test_identity_lists_and_folders(tmp_path):

@@ -23,11 +23,13 @@ from pathlib import Path
 import pytest
 import timm
 import torch
+from PIL import Image
 from safetensors.torch import save_file
 
 from btnet_adapters.data import MissingDataError
 from btnet_adapters.errors import BTNetError, ConfigError, ResolutionError
-from btnet_adapters.evaluate import ProtocolFileError, cross_resolution_gain, same_resolution_gain
+from btnet_adapters.evaluate import (ProtocolFileError, cross_resolution_gain, read_pair_list,
+                                    same_resolution_gain)
 from btnet_adapters.reproduce import (ReproduceConfig, Reproduction, TrunkSource, infer_architecture, prepare_orl,
                                       run_reproduce, verification_pairs)
 from btnet_adapters.reproduce.cli import main as cli_main
@@ -327,6 +329,24 @@ def test_bad_inputs_are_clear_errors_before_any_compute(tmp_path):
     save_file({"fc1.weight": torch.zeros(2, 2)}, str(junk))
     with pytest.raises(ConfigError, match="cannot tell the architecture"):
         Reproduction(tiny_config(tmp_path, trunk=str(junk), model=None, model_kwargs=None), stream=None)
+
+
+def test_lfw_pairs_txt_is_read_with_its_images_next_to_it(tiny_run, tmp_path):
+    src = tiny_run["out"] / "data"
+    lfw = tmp_path / "lfw"
+    for name, subject in (("Ann", "s1"), ("Bob", "s2")):
+        (lfw / name).mkdir(parents=True)
+        for i in (1, 2):
+            Image.open(src / "images" / subject / f"{i}.png").save(lfw / name / f"{name}_{i:04d}.jpg")
+    (lfw / "pairs.txt").write_text("1\t1\nAnn\t1\t2\nAnn\t1\tBob\t2\n")
+    config = tiny_config(tmp_path / "out", train=str(src / "train.tsv"), train_root=str(src / "images"),
+                         pairs=str(lfw / "pairs.txt"))
+    pairs = read_pair_list(lfw / "pairs.txt")  # what the pipeline reads: --images defaults to the list's folder
+    assert Reproduction(config, stream=None).data.pairs == lfw / "pairs.txt"
+    assert pairs.issame.tolist() == [True, False] and pairs.paths2[1] == lfw / "Bob" / "Bob_0002.jpg"
+    (lfw / "Bob" / "Bob_0002.jpg").unlink()
+    with pytest.raises(ProtocolFileError, match="Bob_0002.jpg"):
+        Reproduction(config, stream=None)
 
 
 def test_missing_pair_images_are_named(tiny_run, tmp_path):

@@ -24,7 +24,7 @@ from .ijb import (
 from .readers import (
     IdentityList, IJBMeta, PairList, VerificationBin, decode_image, list_image_folder, parse_bin,
     read_1n_csv, read_bin, read_identity_tsv, read_ijb_meta, read_landmarks, read_lfw_pairs,
-    read_pairs_tsv, read_survface_identification, read_survface_mat, read_template_media,
+    read_pair_list, read_pairs_tsv, read_survface_identification, read_survface_mat, read_template_media,
     read_template_pairs, require_images, write_bin,
 )
 from .report import (
@@ -62,7 +62,7 @@ __all__ = [
     # readers
     "IdentityList", "IJBMeta", "PairList", "VerificationBin", "decode_image",
     "list_image_folder", "parse_bin", "read_1n_csv", "read_bin", "read_identity_tsv",
-    "read_ijb_meta", "read_landmarks", "read_lfw_pairs", "read_pairs_tsv",
+    "read_ijb_meta", "read_landmarks", "read_lfw_pairs", "read_pair_list", "read_pairs_tsv",
     "read_survface_identification", "read_survface_mat", "read_template_media",
     "read_template_pairs", "require_images", "write_bin", "RestrictedUnpickler", "safe_loads",
     # output

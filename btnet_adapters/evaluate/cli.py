@@ -141,19 +141,15 @@ def _embedders(args: argparse.Namespace) -> tuple[Any, list[Any]]:
 
 # --------------------------------------------------------------------------- commands
 def _read_pairs(args: argparse.Namespace) -> Any:
-    from .readers import read_bin, read_lfw_pairs, read_pairs_tsv
+    from .readers import read_bin, read_pair_list
 
     path = Path(args.pairs)
     fmt = args.pairs_format
-    if fmt == "auto":
-        fmt = "bin" if path.suffix == ".bin" else ("lfw" if path.name == "pairs.txt" else "tsv")
-    if fmt == "bin":
+    if fmt == "bin" or (fmt == "auto" and path.suffix == ".bin"):
         return read_bin(path)
     if args.images is None:
-        raise ConfigError(f"--images is needed: the {fmt} pair list {path} names image files")
-    if fmt == "lfw":
-        return read_lfw_pairs(path, args.images)
-    return read_pairs_tsv(path, args.images)
+        raise ConfigError(f"--images is needed: the pair list {path} names image files")
+    return read_pair_list(path, args.images, fmt=fmt)
 
 
 def _print_written(table: str, paths: Sequence[Path]) -> None:

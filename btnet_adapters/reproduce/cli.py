@@ -49,7 +49,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     data.add_argument("--out", default=d.out, help=f"output folder, reused to resume (default: ./{d.out})")
     data.add_argument("--train", help="training faces: 'path<TAB>identity' list, identity folders or .rec")
     data.add_argument("--train-root", help="folder the --train list's paths are relative to (default: its folder)")
-    data.add_argument("--pairs", help="verification pairs 'path1 path2 same [fold]' (needed with --train)")
+    data.add_argument("--pairs", help="verification pairs: a 'path1 path2 same [fold]' list or LFW's pairs.txt "
+                      "(needed with --train)")
     data.add_argument("--images", help="folder the pair / open-set paths are relative to (default: the pair list's)")
     data.add_argument("--openset", metavar="DIR", help="folder with openset_gallery.tsv, openset_mated_probes.tsv, "
                                                       "openset_unmated_probes.tsv (optional)")

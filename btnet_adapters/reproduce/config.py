@@ -82,7 +82,8 @@ class ReproduceConfig:
         train: training images (``path<TAB>identity`` list, identity folders or ``.rec``);
             ``None``: the bundled ORL faces (split and pairs are generated).
         train_root: folder the paths of a ``train`` list are relative to (default: its folder).
-        pairs: verification pairs ``path1 path2 same [fold]`` (required with ``train``).
+        pairs: verification pairs, ``path1 path2 same [fold]`` or LFW's ``pairs.txt`` (required with
+            ``train``).
         images: folder the pair and open-set paths are relative to (default: the pair list's folder).
         openset: folder with the open-set lists (``openset_gallery.tsv``,
             ``openset_mated_probes.tsv``, ``openset_unmated_probes.tsv``), optional.
@@ -201,8 +202,8 @@ class ReproduceConfig:
         if not self.out:
             raise ConfigError("out is required: the output folder")
         if self.train is not None and self.pairs is None:
-            raise ConfigError("with your own training data give --pairs too (a 'path1 path2 same [fold]' list); "
-                              "without --train the bundled ORL faces are used")
+            raise ConfigError("with your own training data give --pairs too (a 'path1 path2 same [fold]' list or LFW's "
+                              "pairs.txt); without --train the bundled ORL faces are used")
         if self.train is None and (self.pairs is not None or self.openset is not None):
             raise ConfigError("--pairs / --openset need --train (the data the classifier and branches train on)")
         rs = tuple(int(r) for r in self.resolutions)

@@ -31,7 +31,7 @@ import torch
 from .. import hub
 from ..data import PRESETS, DegradationSpec, FaceDataset, open_source, write_class_index
 from ..errors import ConfigError, ResolutionError
-from ..evaluate import read_identity_tsv, read_pairs_tsv
+from ..evaluate import read_identity_tsv, read_pair_list
 from ..evaluate.runners import BTNetEmbedder, UpsamplingEmbedder, run_identification, run_verification
 from ..model import BTNet
 from ..train import (BranchConfig, TrunkConfig, build_model, fit_classifier, load_trunk_folder, save_classifier,
@@ -194,7 +194,7 @@ class Reproduction:
         root = Path(c.train_root).expanduser().resolve() if c.train_root else None
         images = Path(c.images).expanduser().resolve() if c.images else None
         open_source(train, root=root)  # checks the list and that every file exists
-        read_pairs_tsv(pairs, images)  # checks the pairs and that every image exists
+        read_pair_list(pairs, images)  # checks the pairs and that every image exists
         lists = openset_lists(c.openset) if c.openset else None
         for path in (lists or {}).values():
             read_identity_tsv(path, images if images is not None else pairs.parent)
@@ -376,7 +376,7 @@ class Reproduction:
         if c.channels_last:
             model.to(memory_format=torch.channels_last)
         embedder = (BTNetEmbedder(model, label) if entry.routes else UpsamplingEmbedder.from_btnet(model, label))
-        pairs = read_pairs_tsv(data.pairs, data.images)
+        pairs = read_pair_list(data.pairs, data.images)
         run = run_verification(embedder, pairs, entry.settings, resize=c.eval_resize, flip=c.flip,
                                batch_size=c.eval_batch_size, progress=c.progress, name=label)
         result: dict[str, Any] = {"verification": {s: {**r.to_dict(), "paths": list(run.paths[s])}

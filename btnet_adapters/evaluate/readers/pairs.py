@@ -136,3 +136,29 @@ def read_lfw_pairs(path: str | os.PathLike[str], images_root: str | os.PathLike[
     if check_images:
         require_images(pairs.paths1 + pairs.paths2, f"images named in {path}")
     return pairs
+
+
+#: Pair-list formats :func:`read_pair_list` reads.
+PAIR_FORMATS = ("auto", "tsv", "lfw")
+
+
+def read_pair_list(path: str | os.PathLike[str], images_root: str | os.PathLike[str] | None = None, *,
+                   fmt: str = "auto", check_images: bool = True) -> PairList:
+    """Read a pair list in either text format, told apart by content when ``fmt="auto"``.
+
+    LFW's ``pairs.txt`` starts with a line of one or two integers (``folds pairs_per_class``);
+    anything else is read as a TSV ``path1 path2 same [fold]`` list. Paths are relative to
+    ``images_root`` (default: the list's folder).
+    """
+    if fmt not in PAIR_FORMATS:
+        raise ProtocolFileError(f"unknown pair-list format {fmt!r}; accepted: {', '.join(PAIR_FORMATS)}")
+    path = Path(path)
+    root = Path(images_root) if images_root is not None else path.parent
+    if fmt == "auto":
+        rows = read_lines(path)
+        first = split_fields(rows[0][1]) if rows else []
+        fmt = "lfw" if len(first) in (1, 2) and all(f.isdigit() for f in first) else "tsv"
+    if fmt == "lfw":
+        return read_lfw_pairs(path, root, check_images=check_images)
+    return read_pairs_tsv(path, root, check_images=check_images)
+
