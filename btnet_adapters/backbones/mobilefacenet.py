@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 from functools import partial
+from itertools import islice
 from typing import Any
 
 import torch
@@ -243,7 +244,7 @@ class MobileFaceNet(FaceEmbeddingNet):
         return [partial(self._run_layers, a, b + 1) for a, b in zip(starts, STAGE_ENDS)]
 
     def _run_layers(self, start: int, stop: int, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers[start:stop]:
+        for layer in islice(self.layers, start, stop):  # a ModuleList slice builds a new module per call
             x = layer(x)
         return x
 
