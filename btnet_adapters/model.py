@@ -466,13 +466,12 @@ class BTNet(HubMixin, nn.Module):
         of override modules (resolving them per call costs 0.2-0.6 ms); any other change of the
         tree is caught by :func:`surgery.assigned`."""
         cache = self.__dict__.setdefault("_swap_cache", {})
-        overrides = tuple(branch.overrides.values())
+        key = (branch, *branch.overrides.values())  # compared by identity
         cached = cache.get(branch.plan.resolution)
-        if fresh or cached is None or cached[0] is not branch or len(cached[1]) != len(overrides) \
-                or any(a is not b for a, b in zip(cached[1], overrides)):
+        if fresh or cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
             swaps = branch.override_swaps() + [(p, _StrideFree(k)) for p, k in branch.plan.downsampling]
-            cached = cache[branch.plan.resolution] = (branch, overrides, surgery.resolve_swaps(self, swaps))
-        return cached[2]
+            cached = cache[branch.plan.resolution] = (key, surgery.resolve_swaps(self, swaps))
+        return cached[1]
 
     def _with_implant(self, x: torch.Tensor, implant: str) -> tuple[torch.Tensor, torch.Tensor]:
         box: list = []
