@@ -11,21 +11,22 @@ from __future__ import annotations
 import copy
 import re
 import warnings
-from collections.abc import Iterator, Sequence
-from contextlib import ExitStack, contextmanager
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
+import numpy as np
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from . import routing, surgery
+from . import paths, routing, surgery
 from .errors import ConfigError, InputImageError, ResolutionError, UnsupportedBackboneError
 from .heads import HEADS, create_head
 from .hub import HubMixin
-from .images import to_pixels
+from .images import image_list, to_pixels
 from .resize import ResizeSpec, resize_tensor
 
 HEAD_KINDS = ("fc", "pool", "backbone")
@@ -92,15 +93,53 @@ class Branch(nn.Module):
         self.plan = plan
         self.overrides = nn.ModuleDict({_key(p): m for p, m in overrides.items()})
 
-    def override_swaps(self) -> list[tuple[str, Any]]:
-        return [(_path(k), _Fixed(m)) for k, m in self.overrides.items()]
+    def replacements(self) -> list[paths.Replacement]:
+        """What a path of this branch puts in the trunk's place: its own modules, then stride-free
+        views of the downsampling modules (of the branch's copy where it owns one)."""
+        own = [(_path(k), _Fixed(m)) for k, m in self.overrides.items()]
+        return own + [(p, _StrideFree(kind)) for p, kind in self.plan.downsampling]
+
+    def tensors(self, keep_vars: bool = False) -> dict[str, torch.Tensor]:
+        """Its tensors named as the trunk's own (``trunk.layer1.0.conv1.weight`` …)."""
+        return {f"{_path(key)}.{name}": t for key, module in self.overrides.items()
+                for name, t in module.state_dict(keep_vars=keep_vars).items()}
+
+    def load_tensors(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+        """Copy ``state_dict`` into the branch's tensors in place, all or nothing: every key,
+        shape, kind and value is checked before the first tensor is written."""
+        targets = self.tensors(keep_vars=True)
+        missing, unexpected = sorted(set(targets) - set(state_dict)), sorted(set(state_dict) - set(targets))
+        if strict and (missing or unexpected):
+            raise ConfigError(
+                f"branch {self.plan.resolution} state mismatch: missing {_few(missing)}, unexpected {_few(unexpected)}")
+        problems = []
+        for name in sorted(set(targets) & set(state_dict)):
+            src, dst = state_dict[name], targets[name]
+            if not torch.is_tensor(src):
+                problems.append(f"{name}: {type(src).__name__}, not a tensor")
+            elif src.shape != dst.shape:
+                problems.append(f"{name}: shape {tuple(src.shape)}, the branch needs {tuple(dst.shape)}")
+            elif src.is_floating_point() != dst.is_floating_point():
+                problems.append(f"{name}: dtype {src.dtype}, the branch needs {dst.dtype}")
+            elif src.is_floating_point() and not bool(torch.isfinite(src).all()):
+                problems.append(f"{name}: holds NaN or infinite values")
+        if problems:
+            raise ConfigError(f"branch {self.plan.resolution}: {len(problems)} tensor(s) do not fit, nothing was "
+                              f"loaded: {_few(problems)}")
+        with torch.no_grad():
+            for name in sorted(set(targets) & set(state_dict)):
+                targets[name].copy_(state_dict[name])
 
     def extra_repr(self) -> str:
         return f"resolution={self.plan.resolution}, implant={self.plan.implant!r}"
 
 
+def _few(items: Sequence[str], n: int = 5) -> str:
+    return f"{list(items[:n])}{' …' if len(items) > n else ''}"
+
+
 class _Fixed:
-    """Swap factory returning a fixed module (picklable, unlike a lambda)."""
+    """Replacement factory returning a fixed module (picklable, unlike a lambda)."""
 
     def __init__(self, module: nn.Module) -> None:
         self.module = module
@@ -121,6 +160,14 @@ class _StrideFree:
         return surgery.stride_free(old, self.kind)
 
 
+class BranchPaths(NamedTuple):
+    """The fixed forward paths of one branch (built once, see :mod:`btnet_adapters.paths`)."""
+
+    serve: paths.ForwardPath  #: the branch: r-px images → embeddings
+    student: paths.ForwardPath  #: the same, with its implant output captured
+    teacher: paths.ForwardPath  #: the trunk at S, with its output at the implant point captured
+
+
 @contextmanager
 def _eval(module: nn.Module) -> Iterator[None]:
     flags = {m: m.training for m in module.modules()}
@@ -130,6 +177,8 @@ def _eval(module: nn.Module) -> Iterator[None]:
     finally:
         for m, flag in flags.items():
             m.training = flag
+        if isinstance(module, BTNet):
+            module._sync_paths()
 
 
 class BTNet(HubMixin, nn.Module):
@@ -210,6 +259,7 @@ class BTNet(HubMixin, nn.Module):
                     f"available: {available}"
                 )
         self.branches = nn.ModuleDict()
+        self._paths: dict[int, BranchPaths] = {}  # fixed per branch; not registered (no duplicate keys)
         self._specific_rule = specific
         failures = []
         for r in wanted:
@@ -358,37 +408,90 @@ class BTNet(HubMixin, nn.Module):
             specific=tuple(spec), norms=tuple(sorted(norms, key=lambda p: trace.calls[p].start)),
         )
 
-    def add_branch(self, resolution: int, specific: str | Sequence[str] | None = None) -> BranchPlan:
-        """Build the branch for ``resolution`` from the trunk's current weights and dry-run it."""
+    def add_branch(self, resolution: int, specific: str | Sequence[str] | None = None,
+                   state_dict: Mapping[str, torch.Tensor] | None = None) -> BranchPlan:
+        """Build the branch for ``resolution`` from the trunk's current weights, dry-run it, and
+        attach it with its fixed paths, replacing any branch of that resolution.
+
+        With ``state_dict`` (as :meth:`branch_state_dict` gives) the branch is loaded from it
+        before it is attached. All or nothing: on any error the model is left as it was.
+        """
         resolution = int(resolution)
         plan = self.plan_branch(resolution, specific)
-        owned = {p: copy.deepcopy(self.get_submodule(p)) for p in (*plan.specific, *plan.norms)}
-        branch = Branch(plan, owned)
         self._check_cut(plan)
+        branch = Branch(plan, {p: copy.deepcopy(self.get_submodule(p)) for p in (*plan.specific, *plan.norms)})
+        if state_dict is not None:
+            branch.load_tensors(state_dict, strict=True)
+        built = self._build_paths(branch)
+        self._check_branch(branch, built)
         self.branches[str(resolution)] = branch
-        try:
-            self._check_branch(resolution)
-        except Exception:
-            del self.branches[str(resolution)]
-            raise
+        self._paths[resolution] = built
         return plan
 
     def remove_branch(self, resolution: int) -> None:
         """Drop a branch (its inputs then go elsewhere only through :meth:`embed`)."""
-        del self.branches[str(self._branch_key(resolution))]
+        key = self._branch_key(resolution)
+        self._paths.pop(key, None)
+        del self.branches[str(key)]
+
+    def _build_paths(self, branch: Branch) -> BranchPaths:
+        plan = branch.plan
+        replacements = branch.replacements()
+        built = BranchPaths(
+            serve=paths.ForwardPath.build(plan.resolution, self.trunk, self.head, replacements),
+            student=paths.ForwardPath.build(plan.resolution, self.trunk, self.head, replacements, taps=[plan.implant]),
+            teacher=paths.ForwardPath.build(self.input_size, self.trunk, self.head, taps=[plan.implant]),
+        )
+        for path in built:
+            path.sync()
+        return built
+
+    def rebuild_paths(self) -> None:
+        """Rebuild every branch's fixed paths from the current module tree.
+
+        Paths are built when a branch is added or loaded; call this after replacing a module of
+        the trunk or of a branch by hand, or changing a plain attribute of a trunk module (what
+        :meth:`set_grad_checkpointing` does), so that branch calls see the change.
+        """
+        self._paths = {int(k): self._build_paths(b) for k, b in self.branches.items()}
+
+    def _sync_paths(self) -> None:
+        for built in self.__dict__.get("_paths", {}).values():
+            for path in built:
+                path.sync()
+
+    def train(self, mode: bool = True) -> "BTNet":
+        """Set training mode on the model and on its branch paths."""
+        super().train(mode)
+        self._sync_paths()
+        return self
+
+    def path(self, resolution: int) -> nn.Module:
+        """The fixed module that computes raw embeddings of ``resolution``-px inputs.
+
+        ``model.path(r)(x) == model(x)`` for ``x`` of side ``r``, without input checks. Each path
+        is a static module tree over the model's own tensors: compile or export one per
+        resolution (``torch.compile(model.path(14))``, ``torch.export.export(model.path(14), …)``).
+        """
+        if int(resolution) == self.input_size:
+            return paths.ForwardPath(self.input_size, self.trunk, self.head)
+        return self._paths[self._branch_key(resolution)].serve
 
     def _check_cut(self, plan: BranchPlan) -> None:
         """Prefix + suffix of the unmodified trunk at S must reproduce the trunk exactly."""
         x = self._probe()
+        tapped = paths.ForwardPath.build(self.input_size, self.trunk, self.head, taps=[plan.implant])
+        resumed = paths.ForwardPath.build(self.input_size, self.trunk, self.head,
+                                          [(p, _identity) for p in plan.prefix])
         with _eval(self), torch.no_grad():
-            full = self.trunk.forward_features(x)
-            with surgery.stop_after(self.get_submodule(plan.implant)) as box:
-                self.trunk.forward_features(x)
+            tapped.sync()
+            resumed.sync()
+            with paths.captured() as box:
+                full = tapped.trunk.forward_features(x)
             if not box:
                 raise UnsupportedBackboneError(f"the implant module {plan.implant} never ran")
             try:
-                with surgery.swapped(self, [(p, _identity) for p in plan.prefix]):
-                    rest = self.trunk.forward_features(box[0])
+                rest = resumed.trunk.forward_features(box[0])
             except Exception as err:  # noqa: BLE001 - the cause is reported with the cut
                 raise UnsupportedBackboneError(
                     f"the trunk cannot be resumed after {plan.implant}: {type(err).__name__}: {err}") from err
@@ -398,17 +501,23 @@ class BTNet(HubMixin, nn.Module):
                 "operations outside modules around that point, so a branch cannot be implanted there"
             )
 
-    def _check_branch(self, resolution: int) -> None:
-        plan = self.branches[str(resolution)].plan
+    def _check_branch(self, branch: Branch, built: BranchPaths) -> None:
+        plan = branch.plan
+        resolution = plan.resolution
         x = torch.zeros(1, 3, resolution, resolution, device=self._probe().device)
         try:
-            with _eval(self), torch.no_grad():
-                emb, z = self._branch_forward(x, resolution, with_implant=True)
+            with _eval(self), _eval(branch), torch.no_grad():
+                built.student.sync()
+                with paths.captured() as box:
+                    built.student(x)
+                z = box[0]
         except Exception as err:  # noqa: BLE001 - any failure means the family is unsupported
             raise UnsupportedBackboneError(
                 f"the {resolution}-px branch (implant {plan.implant}) fails on a {resolution}×{resolution} "
                 f"input: {type(err).__name__}: {err}"
             ) from err
+        finally:
+            built.student.sync()
         got = tuple(z.shape[1:])
         if got != plan.implant_shape:
             cause = ("a module pads the map by its own rule (e.g. to a multiple of its kernel), which adds pixels "
@@ -449,38 +558,12 @@ class BTNet(HubMixin, nn.Module):
         return self.trunk.forward_head(f) if self.head is None else self.head(f)
 
     def _branch_forward(self, x: torch.Tensor, resolution: int, with_implant: bool = False):
-        """The trunk's own forward with branch ``resolution``'s modules and stride-free views
-        swapped in for the call (equivalent to prefix-then-suffix: ``_check_cut`` proved the cut)."""
-        branch = self.branches[str(resolution)]
-        with ExitStack() as stack:
-            try:
-                stack.enter_context(surgery.assigned(self._resolved_swaps(branch)))
-            except surgery.StaleSwapsError:  # a module of the tree was replaced: resolve again
-                stack.enter_context(surgery.assigned(self._resolved_swaps(branch, fresh=True)))
-            if not with_implant:
-                return self._embed_trunk(x)
-            return self._with_implant(x, branch.plan.implant)
-
-    def _resolved_swaps(self, branch: Branch, fresh: bool = False) -> list[surgery.Assignment]:
-        """The branch's overrides and stride-free views, resolved once per branch object and set
-        of override modules (resolving them per call costs 0.2-0.6 ms); any other change of the
-        tree is caught by :func:`surgery.assigned`."""
-        cache = self.__dict__.setdefault("_swap_cache", {})
-        key = (branch, *branch.overrides.values())  # compared by identity
-        cached = cache.get(branch.plan.resolution)
-        if fresh or cached is None or len(cached[0]) != len(key) or any(a is not b for a, b in zip(cached[0], key)):
-            swaps = branch.override_swaps() + [(p, _StrideFree(k)) for p, k in branch.plan.downsampling]
-            cached = cache[branch.plan.resolution] = (key, surgery.resolve_swaps(self, swaps))
-        return cached[1]
-
-    def _with_implant(self, x: torch.Tensor, implant: str) -> tuple[torch.Tensor, torch.Tensor]:
-        box: list = []
-        handle = self.get_submodule(implant).register_forward_hook(lambda m, a, out: box.append(out))
-        try:
-            emb = self._embed_trunk(x)
-        finally:
-            handle.remove()
-        return emb, box[0]
+        """Branch ``resolution``'s fixed path (see :mod:`btnet_adapters.paths`): nothing is
+        changed during the call, so calls from any number of threads can overlap."""
+        built = self._paths[resolution]
+        if not with_implant:
+            return built.serve(x)
+        return _run_tapped(built.student, x)
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Raw embeddings of ``input_size`` images through the trunk."""
@@ -488,7 +571,11 @@ class BTNet(HubMixin, nn.Module):
 
     def forward_branch(self, x: torch.Tensor, resolution: int) -> torch.Tensor:
         """Raw embeddings of ``resolution``-px images through that branch."""
-        return self._branch_forward(x, self._branch_key(resolution))
+        key = self._branch_key(resolution)
+        side = self._check_input(x)
+        if side != key:
+            raise InputImageError(f"forward_branch({resolution}) takes {key}×{key} inputs, got {side}×{side}")
+        return self._branch_forward(x, key)
 
     def forward_with_implant(self, x: torch.Tensor, resolution: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``(embedding, implant features)`` for distillation.
@@ -502,13 +589,22 @@ class BTNet(HubMixin, nn.Module):
             return self._branch_forward(x, key, with_implant=True)
         if side != self.input_size:
             raise InputImageError(f"forward_with_implant takes sides {key} or {self.input_size}, got {side}")
-        return self._with_implant(x, self.branches[str(key)].plan.implant)
+        return _run_tapped(self._paths[key].teacher, x)
+
+    def _dtype(self) -> torch.dtype:
+        param = next(self.parameters(), None)
+        return param.dtype if param is not None else torch.float32
 
     def _check_input(self, x: Any) -> int:
         if not torch.is_tensor(x) or x.ndim != 4:
             raise InputImageError(
                 f"forward takes a B×3×H×W tensor, got {type(x).__name__} "
                 f"{tuple(x.shape) if torch.is_tensor(x) else ''}; use embed() for lists of images"
+            )
+        if not x.is_floating_point() or (x.dtype != self._dtype() and not torch.is_autocast_enabled(x.device.type)):
+            raise InputImageError(
+                f"forward takes normalised {self._dtype()} tensors ((pixels/255 - 0.5) / 0.5), got {x.dtype}; "
+                + ("use embed() for uint8 pixels" if not x.is_floating_point() else f"cast with x.to({self._dtype()})")
             )
         b, c, h, w = x.shape
         if b == 0:
@@ -525,7 +621,16 @@ class BTNet(HubMixin, nn.Module):
         return int(h)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        """Raw (un-normalised) embeddings of a square batch whose side is one of :attr:`resolutions`."""
+        """Raw (un-normalised) embeddings of a square batch whose side is one of :attr:`resolutions`.
+
+        ``x`` is a B×3×S×S tensor (B ≥ 1, S in :attr:`resolutions`) of the model's dtype
+        (float32 unless converted; another float dtype only under autocast), normalised as
+        ``pretrained_cfg`` says ((pixels / 255 − 0.5) / 0.5), with finite values. uint8, float64
+        (for a float32 model), non-square, unknown sides and other types raise
+        :class:`~btnet_adapters.errors.InputImageError` / :class:`~btnet_adapters.errors.ResolutionError`;
+        :meth:`embed` takes raw images of any size. The call changes nothing in the model
+        (eval mode), so any number of threads may call one instance at once.
+        """
         side = self._check_input(x)
         if side == self.input_size:
             return self._embed_trunk(x)
@@ -561,7 +666,7 @@ class BTNet(HubMixin, nn.Module):
     @torch.no_grad()
     def embed(
         self,
-        images: Sequence[Any],
+        images: Any,
         indicator: str = "max",
         strategy: str = "ceil",
         batch_size: int = 64,
@@ -572,14 +677,30 @@ class BTNet(HubMixin, nn.Module):
     ) -> torch.Tensor:
         """Embed images of any size: route each one, resize it to its branch, batch per branch.
 
+        The input contract (anything else raises :class:`~btnet_adapters.errors.InputImageError`
+        or :class:`~btnet_adapters.errors.ConfigError` naming what is accepted):
+
+        * ``images`` is a list or tuple of images; one image not in a list (a PIL image, an
+          H×W(×C) array, a C×H×W tensor) is one image and gives shape ``(1, D)``; an N×H×W×C
+          uint8 array or an N×C×H×W tensor is N images. Strings (paths), dicts, sets and
+          ``None`` are refused.
+        * One image is a PIL image, an H×W or H×W×C **uint8** numpy array (C = 1 or 3, RGB), or a
+          C×H×W tensor: uint8 in [0, 255], or float in **[0, 1]** — float tensors holding 0-255
+          values are refused (pass uint8, or divide by 255), never scaled a second time.
+        * Layouts that look swapped (a C×H×W numpy array, an H×W×C tensor) are refused with
+          the fix; NaN or infinite values and empty images are refused.
+
+        A model in eval mode is not changed by the call, so one instance serves many threads.
+        A model in training mode is put in eval mode for the call and restored afterwards.
+
         Args:
-            images: PIL images, H×W(×C) uint8 arrays or C×H×W tensors (uint8, or float in [0, 1]).
+            images: see above.
             indicator: ``"max"``, ``"min"`` or ``"avg"`` of width and height, or ``"effective"``:
                 ``min(max(W, H), effective side)``, the effective side estimated from each
                 image's pixels (:mod:`btnet_adapters.effective`), so an enlarged or blurred face
                 goes to the branch its detail fits and is resized down to it.
             strategy: ``"ceil"``, ``"near"`` or ``"floor"`` allocation to :attr:`resolutions`.
-            batch_size: images per forward pass.
+            batch_size: images per forward pass (an int ≥ 1).
             flip: add the embedding of the horizontally flipped image (flip TTA).
             normalize: L2-normalise (raw embeddings otherwise).
             progress: tqdm bar (default: when there are more than 8 batches).
@@ -591,8 +712,10 @@ class BTNet(HubMixin, nn.Module):
         """
         from tqdm.auto import tqdm
 
-        if isinstance(images, torch.Tensor) and images.ndim == 4:
-            images = list(images)
+        if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
+            raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
+        batch_size = int(batch_size)
+        images = image_list(images)
         if len(images) == 0:
             raise InputImageError("embed() got no images")
         pixels = [to_pixels(img, i) for i, img in enumerate(images)]
@@ -611,10 +734,11 @@ class BTNet(HubMixin, nn.Module):
             idx = [i for i, t in enumerate(targets) if t == r]
             jobs += [(r, idx[s:s + batch_size]) for s in range(0, len(idx), batch_size)]
         bar = tqdm(jobs, desc="embed", unit="batch", disable=not (progress or (progress is None and len(jobs) > 8)))
-        with _eval(self):
+        training = any(m.training for m in self.modules())
+        with _eval(self) if training else nullcontext():
             for r, idx in bar:
                 batch = torch.stack([resize_tensor(pixels[i], r, self.resize_spec) for i in idx]).to(device)
-                x = self.normalize(batch)
+                x = self.normalize(batch).to(self._dtype())
                 emb = self(x)
                 if flip:
                     emb = emb + self(torch.flip(x, dims=[3]))
@@ -625,27 +749,13 @@ class BTNet(HubMixin, nn.Module):
     def branch_state_dict(self, resolution: int) -> dict[str, torch.Tensor]:
         """Exactly the tensors that make ``resolution``: its specific modules and norm state,
         named as the trunk's own tensors (``trunk.layer1.0.conv1.weight`` …)."""
-        branch = self.branches[str(self._branch_key(resolution))]
-        out: dict[str, torch.Tensor] = {}
-        for key, module in branch.overrides.items():
-            for name, tensor in module.state_dict().items():
-                out[f"{_path(key)}.{name}"] = tensor
-        return out
+        return self.branches[str(self._branch_key(resolution))].tensors()
 
-    def load_branch_state_dict(self, resolution: int, state_dict: dict[str, torch.Tensor], strict: bool = True) -> None:
-        """Load tensors produced by :meth:`branch_state_dict` into the branch of ``resolution``."""
-        branch = self.branches[str(self._branch_key(resolution))]
-        expected = set(self.branch_state_dict(resolution))
-        missing, unexpected = sorted(expected - set(state_dict)), sorted(set(state_dict) - expected)
-        if strict and (missing or unexpected):
-            raise ConfigError(
-                f"branch {resolution} state mismatch: missing {missing[:5]}{'…' if len(missing) > 5 else ''}, "
-                f"unexpected {unexpected[:5]}{'…' if len(unexpected) > 5 else ''}"
-            )
-        for key, module in branch.overrides.items():
-            head = _path(key) + "."
-            sub = {k[len(head):]: v for k, v in state_dict.items() if k.startswith(head)}
-            module.load_state_dict(sub, strict=strict)
+    def load_branch_state_dict(self, resolution: int, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> None:
+        """Load tensors produced by :meth:`branch_state_dict` into the branch of ``resolution``,
+        in place and all or nothing: every tensor is checked (names, shapes, kinds, finite
+        values) before the first one is written, so on an error the branch is unchanged."""
+        self.branches[str(self._branch_key(resolution))].load_tensors(state_dict, strict=strict)
 
     def branch_parameters(self, resolution: int) -> Iterator[nn.Parameter]:
         """The parameters that belong to ``resolution`` alone."""
@@ -665,6 +775,13 @@ class BTNet(HubMixin, nn.Module):
     def get_classifier(self) -> nn.Module | None:
         """The margin head (``None`` without one); call it as ``head(embeddings, labels)``."""
         return self.classifier
+
+
+def _run_tapped(path: paths.ForwardPath, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(embedding, output of the tapped implant module)`` of one call of ``path``."""
+    with paths.captured() as box:
+        emb = path(x)
+    return emb, box[0]
 
 
 def _check_args(input_size: int, head: str, specific: Any, margin: str, num_classes: int) -> None:

@@ -1,12 +1,11 @@
 """Surgery on hierarchical backbones: trace, find implant points, remove downsampling.
 
 timm cannot start a model in the middle of its network. A branch therefore runs the trunk's
-own ``forward_features`` with, for the duration of one call (:func:`swapped`), the branch's
-modules in place of the trunk's and every downsampling module before the implant point replaced
-by a stride-free view; the rest of the tree is the trunk's, so a branch is a view over the
-trunk's modules, never a deep copy. The cut itself is validated once: the trunk stopped at the
-implant module (:func:`stop_after`) and resumed with its prefix swapped for identities must
-reproduce the whole trunk, which proves the implant point splits the network cleanly.
+own ``forward_features`` on a fixed view of the trunk (:mod:`btnet_adapters.paths`) holding the
+branch's modules in place of the trunk's and every downsampling module before the implant point
+replaced by a stride-free view (:func:`stride_free`); the rest of the view is the trunk's own
+modules, never a deep copy. This module finds *what* to replace: the implant point, the prefix
+before it and the downsampling inside the prefix.
 Everything is found by running the trunk once at its canonical size with forward hooks
 (:func:`trace_modules`): module order and *measured* shapes, not ``feature_info`` promises.
 """
@@ -15,7 +14,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterable, Iterator, Sequence
-from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -297,82 +295,6 @@ class StrideFreeConv2d(nn.Module):
 def stride_free(module: nn.Module, kind: str) -> nn.Module:
     """The stride-free stand-in for a downsampling module found by :func:`find_downsampling`."""
     return StrideFreeConv2d(module) if kind == "conv" else nn.Identity()
-
-
-#: One resolved swap: ``(parent, key, module expected there, replacement)``.
-Assignment = tuple[nn.Module, str, nn.Module, nn.Module]
-
-
-class StaleSwapsError(RuntimeError):
-    """The module tree changed since the swaps were resolved (see :func:`assigned`)."""
-
-
-def resolve_swaps(root: nn.Module, swaps: Sequence[tuple[str, Callable[[nn.Module], nn.Module]]]) -> list[Assignment]:
-    """Resolve ``(path, make)`` swaps into :data:`Assignment` s, once: ``make(current)`` is
-    called for each path in order, with the earlier swaps in place (a later path may lead
-    through an earlier replacement); the tree is left as it was."""
-    resolved: list[Assignment] = []
-    try:
-        for path, make in swaps:
-            parent_path, _, name = path.rpartition(".")
-            parent = root.get_submodule(parent_path) if parent_path else root
-            old = parent._modules[name]
-            new = make(old)
-            resolved.append((parent, name, old, new))
-            parent._modules[name] = new
-    finally:
-        for parent, name, old, _ in reversed(resolved):
-            parent._modules[name] = old
-    return resolved
-
-
-@contextmanager
-def assigned(assignments: Sequence[Assignment]) -> Iterator[None]:
-    """Put resolved replacements in place for the block; everything is restored on exit, even on
-    error. Raises :class:`StaleSwapsError` (with nothing changed) when a slot no longer holds the
-    module it held when the swaps were resolved."""
-    undo: list[tuple[nn.Module, str, nn.Module]] = []
-    try:
-        for parent, name, old, new in assignments:
-            if parent._modules.get(name) is not old:
-                raise StaleSwapsError(f"{type(parent).__name__}.{name} changed since its swaps were resolved")
-            parent._modules[name] = new
-            undo.append((parent, name, old))
-        yield
-    finally:
-        for parent, name, old in reversed(undo):
-            parent._modules[name] = old
-
-
-@contextmanager
-def swapped(root: nn.Module, swaps: Sequence[tuple[str, Callable[[nn.Module], nn.Module]]]) -> Iterator[None]:
-    """Temporarily replace modules of ``root``: ``swaps`` are ``(path, make)`` applied in order,
-    ``make(current_module) -> replacement``; everything is restored on exit, even on error."""
-    with assigned(resolve_swaps(root, swaps)):
-        yield
-
-
-class _Implanted(Exception):
-    def __init__(self, value: object) -> None:
-        super().__init__("implant point reached")
-        self.value = value
-
-
-@contextmanager
-def stop_after(module: nn.Module) -> Iterator[list]:
-    """Make ``module``'s forward end the surrounding run; its output lands in the yielded list."""
-    box: list = []
-
-    def hook(mod: nn.Module, args: tuple, output: object) -> None:
-        raise _Implanted(output)
-
-    handle = module.register_forward_hook(hook)
-    try:
-        yield box
-    except _Implanted as stop:
-        box.append(stop.value)
-    finally:
-        handle.remove()
 
 
 def check_hierarchical(trace: Trace, feature_modules: Sequence[str], input_size: int) -> dict[int, str]:

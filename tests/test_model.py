@@ -136,9 +136,9 @@ def test_shared_layers_are_views_not_copies():
     assert model.trunk.layer1[0].conv1.weight.grad is None  # the branch's own copy ran instead
 
 
-def test_resolved_swaps_follow_changes_of_the_model():
-    """Branch calls reuse their resolved swaps; replacing a module, a branch, or copying the model
-    must still run the current modules (checked against a model built afresh)."""
+def test_branch_paths_follow_changes_of_the_model():
+    """Branch paths are built once; changed tensors, a copied model, a replaced branch and (after
+    ``rebuild_paths``) a module replaced by hand must still run the current modules."""
     torch.manual_seed(0)
     model = BTNet.from_timm("resnet18", remove=["maxpool"], resolutions=(14, 28), embed_dim=32).eval()
     perturb(model)
@@ -148,31 +148,32 @@ def test_resolved_swaps_follow_changes_of_the_model():
         first = model(x)
         assert torch.equal(model(x), first)
         twin = copy.deepcopy(model)  # a copy runs its own modules, not the original's
+        assert torch.equal(twin(x), first)
         perturb(twin.branches["14"], seed=5)  # its branch copies (and the views wrapping them)
         changed = twin(x)
         assert not torch.allclose(changed, first) and torch.equal(model(x), first)
         perturb(twin.trunk.layer4, seed=6)  # its shared trunk
         assert not torch.allclose(twin(x), changed) and torch.equal(model(x), first)
-        # the trunk module in a slot the branch overrides, replaced by hand: the swaps are stale,
-        # get resolved again, and the branch still runs its own copy (the output is unchanged)
-        branch = model.branches["14"]
-        parent, name, trunk_module, own = model._resolved_swaps(branch)[0]
-        assert any(own is m for m in branch.modules()) and not any(trunk_module is m for m in branch.modules())
-        other = copy.deepcopy(trunk_module)
+        # a shared trunk module replaced by hand is used once the paths are rebuilt
+        original = model.trunk.layer4[1].conv2
+        other = copy.deepcopy(original)
         perturb(other, seed=7)
-        parent._modules[name] = other
+        model.trunk.layer4[1].conv2 = other
+        model.rebuild_paths()
+        replaced = model(x)
+        assert not torch.allclose(replaced, first)
+        model.trunk.layer4[1].conv2 = original
+        model.rebuild_paths()
         assert torch.equal(model(x), first)
-        assert parent._modules[name] is other and model._resolved_swaps(branch)[0][2] is other
-        parent._modules[name] = trunk_module
-        assert torch.equal(model(x), first) and parent._modules[name] is trunk_module
-        state = model.branch_state_dict(14)  # a branch removed and rebuilt gets fresh swaps
+        state = model.branch_state_dict(14)  # a branch removed and rebuilt gets fresh paths
         model.remove_branch(14)
         model.add_branch(14)
         model.load_branch_state_dict(14, state)
         assert torch.equal(model(x), first)
-    # after every call the tree holds the trunk's own modules again: no stride-free view left
+    # the model's own tree never holds a stride-free view: branch paths are views beside it
     assert not any(isinstance(m, StrideFreeConv2d) for m in model.modules())
     assert model.trunk.layer1[0].conv1.stride == (1, 1) and model.trunk.layer2[0].conv1.stride == (2, 2)
+    assert any(isinstance(m, StrideFreeConv2d) for m in model.path(14).modules())
 
 
 def test_branch_state_dict_round_trip_and_strictness():
