@@ -9,15 +9,18 @@ For each model, in one run (all paths timed round-robin, so ratios see the same 
 2. **Overhead at 112.** ``BTNet(x112)`` against the same computation without BTNet: a plain
    module running ``trunk.forward_features`` + head on BTNet's own modules, and the backbone
    built by ``timm.create_model`` (same weights, same head) run directly; target ≤ 3 %.
-3. **Swap overhead** (``--swap-models``, batch 1). A branch forward puts the branch's modules
-   and stride-free views into the shared tree for the call and back (resolved once per branch,
-   ``BTNet._resolved_swaps``). This times what resolving the swaps on every call would cost
-   (``surgery.swapped``), and the branch forward against plain assignment of the resolved swaps
-   and a deep copy with the swaps applied for good (see :func:`swap_rows`).
+3. **Fixed paths vs swapping** (``--mechanism-models``). A branch call runs a fixed view of the
+   trunk built when the branch was added (:mod:`btnet_adapters.paths`); the previous mechanism
+   put the branch's modules into the shared tree for each call and back
+   (:class:`SwappingForward`, reproduced here as the baseline). Same run, same inputs, equal
+   outputs asserted; target: no path slower.
+4. **Threads** (``--caller-threads``): throughput of N Python threads calling one model with
+   mixed resolutions against one thread making the same calls (outputs checked bit for bit).
 
 Usage::
 
     python benchmarks/bench_paths.py --threads 1 --repeats 5 --batch-sizes 1 64
+    python benchmarks/bench_paths.py --models --threads 1 --repeats 20   # sections 3 and 4 only
 """
 
 from __future__ import annotations
@@ -30,7 +33,8 @@ import os
 import platform
 import sys
 import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +43,7 @@ import torch
 import torch.nn as nn
 
 import btnet_adapters  # noqa: F401 - registers the btnet_* models
-from btnet_adapters import BTNet, surgery
+from btnet_adapters import BTNet
 from btnet_adapters.cost import (
     CostReport,
     format_table,
@@ -139,80 +143,101 @@ OVERHEAD_HEADERS = ["model", "batch", "BTNet(x) ms", "forward_trunk ms", "plain 
                     "vs plain", "vs timm"]
 
 
-# --------------------------------------------------------------------------- 3. swaps
-def _resolve(model: BTNet, swaps: Sequence[tuple[str, Callable]]) -> list[tuple[nn.Module, str, nn.Module]]:
-    out = []
-    for path, make in swaps:
-        parent_path, _, key = path.rpartition(".")
-        parent = model.get_submodule(parent_path)
-        out.append((parent, key, make(parent._modules[key])))
-    return out
+# --------------------------------------------------------------------------- 3. fixed paths vs swapping
+class SwappingForward:
+    """The previous mechanism (main at 3a5503d), kept here as the baseline: a branch call puts
+    the branch's modules and stride-free views into the *shared* tree for the call and puts the
+    trunk's back afterwards (resolved once per branch, checked by identity on every call). Not
+    safe with overlapping calls — the reason it was replaced."""
+
+    def __init__(self, model: BTNet, resolution: int) -> None:
+        self.model = model
+        self.branch = model.branches[str(resolution)]
+        self.key = (self.branch, *self.branch.overrides.values())
+        self.assignments: list[tuple[nn.Module, str, nn.Module, nn.Module]] = []
+        try:  # resolve in order, a later path may lead through an earlier replacement
+            for path, make in self.branch.replacements():
+                parent_path, _, name = path.rpartition(".")
+                parent = model.get_submodule(parent_path) if parent_path else model
+                old = parent._modules[name]
+                self.assignments.append((parent, name, old, make(old)))
+                parent._modules[name] = self.assignments[-1][3]
+        finally:
+            for parent, name, old, _ in reversed(self.assignments):
+                parent._modules[name] = old
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        self.model._check_input(x)  # as BTNet.forward did before the branch call
+        key = (self.branch, *self.branch.overrides.values())
+        if len(key) != len(self.key) or any(a is not b for a, b in zip(key, self.key)):
+            raise RuntimeError("the branch changed since its swaps were resolved")
+        undo = []
+        try:
+            for parent, name, old, new in self.assignments:
+                if parent._modules.get(name) is not old:
+                    raise RuntimeError(f"{name} changed since the swaps were resolved")
+                parent._modules[name] = new
+                undo.append((parent, name, old))
+            return self.model.forward_trunk(x)
+        finally:
+            for parent, name, old in reversed(undo):
+                parent._modules[name] = old
 
 
-def _assign(resolved: Sequence[tuple[nn.Module, str, nn.Module]]) -> list[tuple[nn.Module, str, nn.Module]]:
-    undo = [(parent, key, parent._modules[key]) for parent, key, _ in resolved]
-    for parent, key, module in resolved:
-        parent._modules[key] = module
-    return undo
-
-
-def _branch_swaps(model: BTNet, r: int) -> tuple[list, list]:
-    """``(overrides, stride-free views)``: the swaps ``BTNet`` makes for a branch-``r`` call."""
-    plan = model.branches[str(r)].plan
-    return (model.branches[str(r)].override_swaps(),
-            [(p, lambda old, k=k: surgery.stride_free(old, k)) for p, k in plan.downsampling])
-
-
-def _resolve_branch(model: BTNet, r: int) -> list[tuple[nn.Module, str, nn.Module]]:
-    """Overrides and stride-free views of branch ``r`` as ``(parent, key, module)`` assignments."""
-    overrides, strides = _branch_swaps(model, r)
-    with surgery.swapped(model, overrides):  # stride views live inside the branch's copies
-        return _resolve(model, overrides) + _resolve(model, strides)
-
-
-def swap_rows(name: str, model: BTNet, repeats: int, warmup: int, progress: bool) -> list[list[str]]:
-    """Per branch at batch 1: the branch forward, its swaps alone, and two leaner variants.
-
-    * swaps: resolving, entering and leaving the swaps of one branch forward per call
-      (``surgery.swapped``), running nothing: what BTNet would pay without its cache;
-    * resolved: the swaps resolved once and applied as plain ``parent._modules[key] = m``;
-    * materialised: a deep copy with the swaps applied for good (the floor for any swapping).
-    """
+def mechanism_rows(name: str, model: BTNet, batch_sizes: Sequence[int], repeats: int, warmup: int,
+                   progress: bool) -> list[list[str]]:
+    """Per branch and batch size: ``model(x)`` on its fixed path vs the per-call swapping."""
     rows = []
-    for r in model.branch_resolutions:
-        x = torch.randn(1, 3, r, r)
-        overrides, strides = _branch_swaps(model, r)
-        resolved = _resolve_branch(model, r)
-        materialised = copy.deepcopy(model)
-        _assign(_resolve_branch(materialised, r))
-
-        def swaps_only() -> None:
-            with surgery.swapped(model, overrides + strides):
-                pass
-
-        def resolved_pass() -> torch.Tensor:
-            undo = _assign(resolved)
-            try:
-                return model.forward_trunk(x)
-            finally:
-                _assign(undo[::-1])
-
-        calls = {"now": lambda: model(x), "swaps": swaps_only, "resolved": resolved_pass,
-                 "materialised": lambda: materialised.forward_trunk(x)}
-        with torch.inference_mode():
-            for key in ("resolved", "materialised"):
-                torch.testing.assert_close(calls[key](), model(x), rtol=1e-4, atol=1e-4)
-            times = time_calls(calls, repeats, warmup, progress, desc=f"{name} swaps {r}")
-        ms = {k: median_ms(v) for k, v in times.items()}
-        rows.append([name, str(r), str(len(overrides) + len(strides)), f"{ms['now']:.3f}",
-                     f"{1e3 * ms['swaps']:.0f} ({100 * ms['swaps'] / ms['now']:.1f} %)",
-                     f"{ms['resolved']:.3f}", f"{ms['materialised']:.3f}",
-                     f"{100 * (ms['now'] / ms['materialised'] - 1):+.1f} %"])
+    with torch.inference_mode():
+        for r in model.branch_resolutions:
+            swapping = SwappingForward(model, r)
+            for b in batch_sizes:
+                x = torch.randn(b, 3, r, r)
+                assert torch.equal(swapping(x), model(x)), "the baseline must compute the same embeddings"
+                times = time_calls({"paths": lambda: model(x), "swapping": lambda: swapping(x)},
+                                   repeats if b > 1 else 10 * repeats, warmup if b > 1 else SWAP_WARMUP,
+                                   progress, desc=f"{name} r{r} b{b}")
+                ms = {k: median_ms(v) for k, v in times.items()}
+                rows.append([name, str(r), str(b), str(len(swapping.assignments)), f"{ms['swapping']:.3f}",
+                             f"{ms['paths']:.3f}", f"{ms['swapping'] / ms['paths']:.3f}×"])
     return rows
 
 
-SWAP_HEADERS = ["model", "branch", "swaps/call", "forward ms", "swaps µs (share)",
-                "resolved swaps ms", "materialised ms", "forward vs materialised"]
+MECHANISM_HEADERS = ["model", "branch", "batch", "slots replaced", "swapping ms", "fixed path ms",
+                     "speedup (swapping / path)"]
+
+
+# --------------------------------------------------------------------------- 4. threads
+def thread_rows(name: str, model: BTNet, threads: int, calls: int, batch: int, repeats: int) -> list[list[str]]:
+    """Throughput of ``threads`` Python threads calling one model with mixed resolutions against
+    one thread making the same calls (torch intra-op threads as set for the run); every output
+    is checked against the serial result."""
+    sides = list(model.resolutions)
+    inputs = {r: torch.randn(batch, 3, r, r) for r in sides}
+    with torch.inference_mode():
+        want = {r: model(x) for r, x in inputs.items()}
+    order = [sides[i % len(sides)] for i in range(calls)]
+
+    def run(part: Sequence[int]) -> bool:
+        with torch.inference_mode():
+            return all(torch.equal(model(inputs[r]), want[r]) for r in part)
+
+    def one() -> bool:
+        return run(order)
+
+    def many() -> bool:
+        with ThreadPoolExecutor(threads) as pool:
+            return all(pool.map(run, [order[i::threads] for i in range(threads)]))
+
+    times = time_calls({"1 thread": one, f"{threads} threads": many}, repeats, 1, False, desc="threads")
+    ms = {k: median_ms(v) for k, v in times.items()}
+    assert one() and many(), "a threaded call differed from the serial result"
+    n = calls * batch
+    return [[name, k, str(calls), "mixed " + "/".join(map(str, sides)), f"{1e3 * n / v:.0f}",
+             f"{ms['1 thread'] / v:.2f}×"] for k, v in ms.items()]
+
+
+THREAD_HEADERS = ["model", "callers", "calls", "sides", "images/s", "vs 1 thread"]
 
 
 # --------------------------------------------------------------------------- main
@@ -227,7 +252,7 @@ def environment(args: argparse.Namespace) -> str:
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0],
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="+", default=list(MODELS), help="registered btnet_* models")
+    parser.add_argument("--models", nargs="*", default=list(MODELS), help="registered btnet_* models")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (default 1)")
     parser.add_argument("--repeats", type=int, default=10, help="timed runs per path and batch size")
     parser.add_argument("--warmup", type=int, default=3, help="untimed runs first")
@@ -235,9 +260,14 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--overhead-batch-sizes", type=int, nargs="*", default=[1],
                         help="batch sizes for the overhead at 112 (none: skip)")
     parser.add_argument("--overhead-repeats", type=int, default=50, help="timed runs per variant for the overhead")
-    parser.add_argument("--swap-models", nargs="*", default=["btnet_mobilefacenet"],
-                        help="models whose swap overhead is timed at batch 1 (none: skip)")
-    parser.add_argument("--swap-repeats", type=int, default=200, help="timed runs per branch for the swaps")
+    parser.add_argument("--mechanism-models", nargs="*", default=["btnet_mobilefacenet", "btnet_resnet50"],
+                        help="models whose fixed paths are timed against per-call swapping (none: skip)")
+    parser.add_argument("--mechanism-batch-sizes", type=int, nargs="+", default=[1, 64],
+                        help="batch sizes for the fixed paths vs swapping")
+    parser.add_argument("--caller-threads", type=int, default=4,
+                        help="Python threads calling one model at once, mixed resolutions (0: skip)")
+    parser.add_argument("--thread-calls", type=int, default=64, help="calls per thread-throughput run")
+    parser.add_argument("--thread-batch", type=int, default=8, help="batch size of each such call")
     parser.add_argument("--format", choices=("markdown", "plain"), default="markdown")
     parser.add_argument("--json", type=Path, help="also write all numbers to this JSON file")
     parser.add_argument("--no-progress", action="store_true", help="hide tqdm bars")
@@ -259,39 +289,47 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     args = parse_args(argv)
     progress = not args.no_progress
-    unknown = [m for m in {*args.models, *args.swap_models} if m not in timm.list_models("btnet_*")]
+    unknown = [m for m in {*args.models, *args.mechanism_models} if m not in timm.list_models("btnet_*")]
     if unknown:
         sys.exit(f"unknown models {unknown}; registered: {timm.list_models('btnet_*')}")
     env = environment(args)
     print(env, flush=True)
-    paths, overheads, swaps, reports = [], [], [], {}
+    paths, overheads, mechanism, threads, reports = [], [], [], [], {}
     with num_threads(args.threads):
-        for name in args.models:
+        for name in dict.fromkeys([*args.models, *args.mechanism_models]):
             model = build(name)
-            report = measure_costs(model, batch_sizes=args.batch_sizes, repeats=args.repeats,
-                                   warmup=args.warmup, threads=args.threads, progress=progress)
-            reports[name] = report.to_dict()
-            paths += path_rows(name, report)
-            if args.overhead_batch_sizes:
-                overheads += overhead_rows(name, model, args.overhead_batch_sizes, args.overhead_repeats,
-                                           args.warmup, progress)
-            if name in args.swap_models:
-                swaps += swap_rows(name, model, args.swap_repeats, SWAP_WARMUP, progress)
-        for name in args.swap_models:
-            if name not in args.models:
-                swaps += swap_rows(name, build(name), args.swap_repeats, SWAP_WARMUP, progress)
-    print(f"\n## Paths: trunk at 112 vs branches (target: realised/FLOP ≥ {EFFICIENCY_TARGET})\n")
-    print(format_table(path_headers(args.batch_sizes), paths, args.format))
+            if name in args.models:
+                report = measure_costs(model, batch_sizes=args.batch_sizes, repeats=args.repeats,
+                                       warmup=args.warmup, threads=args.threads, progress=progress)
+                reports[name] = report.to_dict()
+                paths += path_rows(name, report)
+                if args.overhead_batch_sizes:
+                    overheads += overhead_rows(name, model, args.overhead_batch_sizes, args.overhead_repeats,
+                                               args.warmup, progress)
+            if name in args.mechanism_models:
+                mechanism += mechanism_rows(name, model, args.mechanism_batch_sizes, args.repeats, args.warmup,
+                                            progress)
+                if args.caller_threads:
+                    threads += thread_rows(name, model, args.caller_threads, args.thread_calls, args.thread_batch,
+                                           args.repeats)
+    if paths:
+        print(f"\n## Paths: trunk at 112 vs branches (target: realised/FLOP ≥ {EFFICIENCY_TARGET})\n")
+        print(format_table(path_headers(args.batch_sizes), paths, args.format))
     if overheads:
         print(f"\n## BTNet at 112 vs the same network without BTNet (target ≤ {100 * OVERHEAD_TARGET:.0f} %)\n")
         print(format_table(OVERHEAD_HEADERS, overheads, args.format))
-    if swaps:
-        print("\n## Module swapping per branch forward, batch 1\n")
-        print(format_table(SWAP_HEADERS, swaps, args.format))
+    if mechanism:
+        print("\n## Branch calls: fixed paths vs per-call swapping into the shared tree (previous mechanism)\n")
+        print(format_table(MECHANISM_HEADERS, mechanism, args.format))
+    if threads:
+        print(f"\n## One model, {args.caller_threads} threads × mixed resolutions vs 1 thread "
+              f"(batch {args.thread_batch}, every output equal to the serial one)\n")
+        print(format_table(THREAD_HEADERS, threads, args.format))
     if args.json:
         _write_json(args.json, dict(environment=env, reports=reports,
                                     overhead=[dict(zip(OVERHEAD_HEADERS, r)) for r in overheads],
-                                    swaps=[dict(zip(SWAP_HEADERS, r)) for r in swaps]))
+                                    mechanism=[dict(zip(MECHANISM_HEADERS, r)) for r in mechanism],
+                                    threads=[dict(zip(THREAD_HEADERS, r)) for r in threads]))
     return 0
 
 

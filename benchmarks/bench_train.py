@@ -2,11 +2,11 @@
 
 In one run, timed round-robin (so every row sees the same machine load), images per second of:
 
-1. **plain timm, branch path** — the trunk with branch ``r``'s modules and stride-free views
-   applied for good (a deep copy: an ordinary timm module taking ``r``-px images), margin
+1. **plain timm, branch path** — a deep copy of branch ``r``'s path (an ordinary timm module
+   taking ``r``-px images), margin
    loss, every parameter trained: what training that network without BTNet costs;
-2. **BTNet student** — the same computation through ``BTNet.forward_with_implant`` (modules
-   swapped in per call), margin loss on the frozen classifier, only the branch's tensors
+2. **BTNet student** — the same computation through ``BTNet.forward_with_implant`` (the
+   branch's fixed path over the shared trunk), margin loss on the frozen classifier, only the branch's tensors
    trained;
 3. **BTNet branch step** — the full recipe as :class:`btnet_adapters.train.branch.BranchTask`
    runs it: teacher (trunk on the 112 image, eval, no grad) + student + margin loss +
@@ -27,7 +27,6 @@ import statistics
 import sys
 import time
 from collections.abc import Callable
-from contextlib import ExitStack
 
 import timm
 import torch
@@ -35,7 +34,6 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import btnet_adapters  # noqa: F401 - registers the btnet_* models
-from btnet_adapters import surgery
 from btnet_adapters.model import BTNet
 from btnet_adapters.train import BranchConfig
 from btnet_adapters.train.branch import BranchTask
@@ -45,16 +43,9 @@ from btnet_adapters.train.partial_fc import ShardedMarginHead
 MODEL_KWARGS = {"btnet_mobilefacenet": {"embed_dim": 128, "backbone_kwargs": {"num_features": 128, "scale": 1}}}
 
 
-def baked_branch(model: BTNet, resolution: int) -> BTNet:
-    """A deep copy whose trunk runs branch ``resolution`` for good (no per-call swapping)."""
-    plain = copy.deepcopy(model)
-    plan = plain.branches[str(resolution)].plan
-    swaps = plain.branches[str(resolution)].override_swaps() + [
-        (p, lambda old, kind=kind: surgery.stride_free(old, kind)) for p, kind in plan.downsampling]
-    stack = ExitStack()
-    stack.enter_context(surgery.swapped(plain, swaps))  # never exited: the copy keeps the swaps
-    plain._baked = stack  # a collected context would close and undo the swaps
-    return plain
+def baked_branch(model: BTNet, resolution: int) -> nn.Module:
+    """A deep copy of branch ``resolution``'s path: an ordinary module taking ``r``-px images."""
+    return copy.deepcopy(model.path(resolution))
 
 
 def sgd_step(params: list[nn.Parameter], loss_fn: Callable[[], torch.Tensor]) -> Callable[[], None]:
@@ -84,7 +75,7 @@ def build_steps(model_name: str, resolution: int, batch: int, classes: int, devi
     plain_head = copy.deepcopy(model.classifier)
     steps["plain timm, branch path (all params)"] = sgd_step(
         list(plain.trunk.parameters()) + list(plain.head.parameters() if plain.head else []) + list(plain_head.parameters()),
-        lambda: F.cross_entropy(plain_head(plain.forward_trunk(x_lo), labels), labels))
+        lambda: F.cross_entropy(plain_head(plain(x_lo), labels), labels))
 
     student = copy.deepcopy(model)
     classifier, student.classifier = student.classifier, None

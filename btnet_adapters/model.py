@@ -381,12 +381,12 @@ class BTNet(HubMixin, nn.Module):
         if rule == "all":
             return self._traced_roots()
         names = dict(self.named_modules())
-        paths = []
+        chosen = []
         for p in rule:
             if p not in names or not p.startswith(tuple(self._traced_roots())):
                 raise ConfigError(f"specific module {p!r} is not a module of the trunk/head (e.g. 'trunk.{next(iter(self.trunk._modules))}')")
-            paths.append(p)
-        return [p for p in paths if not any(a in paths for a in surgery._ancestors(p))]
+            chosen.append(p)
+        return [p for p in chosen if not any(a in chosen for a in surgery._ancestors(p))]
 
     def plan_branch(self, resolution: int, specific: str | Sequence[str] | None = None) -> BranchPlan:
         """Work out (without building) how ``resolution`` would join the trunk."""
@@ -592,8 +592,15 @@ class BTNet(HubMixin, nn.Module):
         return _run_tapped(self._paths[key].teacher, x)
 
     def _dtype(self) -> torch.dtype:
-        param = next(self.parameters(), None)
-        return param.dtype if param is not None else torch.float32
+        """The floating dtype of the model's parameters (kept by :meth:`_apply`, so a call reads
+        no parameter to learn it)."""
+        return self.__dict__.get("_param_dtype", torch.float32)
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "BTNet":
+        out = super()._apply(fn, recurse)
+        param = next((p for p in self.parameters() if p.is_floating_point()), None)
+        self._param_dtype = param.dtype if param is not None else torch.float32
+        return out
 
     def _check_input(self, x: Any) -> int:
         if not torch.is_tensor(x) or x.ndim != 4:
