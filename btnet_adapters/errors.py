@@ -30,3 +30,15 @@ class InputImageError(BTNetError, ValueError):
 
 class ConfigError(BTNetError, ValueError):
     """A configuration value is unknown or out of range."""
+
+
+class CorruptFileError(BTNetError, ValueError):
+    """A file fails its recorded checksum or cannot be parsed (the file and the remedy are named)."""
+
+
+class OutputExistsError(BTNetError, FileExistsError):
+    """An output file already exists and replacing it was not asked for (the flag is named)."""
+
+
+class OverlappingPathsError(ConfigError):
+    """An output folder is, contains or lies inside an input path (both paths are named)."""

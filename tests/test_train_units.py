@@ -15,7 +15,7 @@ import torch.nn.functional as F
 from timm.layers import BatchNormAct2d
 
 from btnet_adapters.data import BRANCH_DEGRADATION, DegradationSpec
-from btnet_adapters.errors import ConfigError
+from btnet_adapters.errors import ConfigError, CorruptFileError
 from btnet_adapters.heads import HEADS, create_head
 from btnet_adapters.resize import PIL_BILINEAR
 from btnet_adapters.train import BranchConfig, TrunkConfig, learning_rate, load_config
@@ -204,7 +204,7 @@ def test_checkpoints_are_atomic_named_and_pruned(tmp_path):
     assert meta == {"note": "x", "step": 9} and torch.equal(tensors["w"], torch.full((2,), 9.0))
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]
     (tmp_path / "ckpt-000000012.safetensors").write_bytes(b"garbage")
-    with pytest.raises(ConfigError, match="cannot read checkpoint"):
+    with pytest.raises(CorruptFileError, match="cannot read checkpoint"):  # delete it to resume from step 9
         load_checkpoint(latest_checkpoint(tmp_path))
 
 

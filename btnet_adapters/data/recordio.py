@@ -263,9 +263,10 @@ class IndexedRecordWriter:
     """Write a ``.rec`` + ``.idx`` pair atomically.
 
     Records go to temporary files next to the targets; :meth:`close` (or leaving the ``with``
-    block normally) syncs them and renames them into place, ``.rec`` first, so a ``.idx`` is
-    only ever visible next to a complete ``.rec``. An exception inside the ``with`` block
-    removes the temporary files and leaves existing targets untouched.
+    block normally) syncs them and renames them into place, ``.rec`` first (an old ``.idx`` is
+    removed just before), so a ``.idx`` is only ever visible next to the complete ``.rec`` it
+    indexes. An exception inside the ``with`` block removes the temporary files and leaves
+    existing targets untouched.
     """
 
     def __init__(self, rec_path: str | os.PathLike[str],
@@ -306,6 +307,7 @@ class IndexedRecordWriter:
                 f.writelines(self._entries)
                 f.flush()
                 os.fsync(f.fileno())
+            self.idx_path.unlink(missing_ok=True)  # never an old index next to the new records
             os.replace(self._tmp_rec, self.rec_path)
             os.replace(tmp_idx, self.idx_path)
         except BaseException:
