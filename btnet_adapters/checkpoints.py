@@ -92,6 +92,11 @@ def _load_file(path: Path) -> Any:
         from safetensors import SafetensorError
         from safetensors.torch import load_file
 
+        from ._untrusted import read_safetensors_header
+        from .hub import ArtifactLimitError
+
+        # header length, dtypes, shapes and byte ranges checked against the file before it is read
+        read_safetensors_header(path, "checkpoint", ArtifactError, ArtifactLimitError)
         try:
             return load_file(str(path), device="cpu")
         except (SafetensorError, OSError, ValueError) as err:

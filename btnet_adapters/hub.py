@@ -20,8 +20,10 @@ be published, downloaded and loaded alone (:func:`load_adapter`), PEFT style. Ad
 trunk they were trained on by a fingerprint (sha256 over the sorted trunk + head tensors: names,
 dtypes, shapes, bytes); loading one onto another trunk is refused unless ``force=True``.
 
-Only JSON and safetensors are ever read from an artifact, never pickles. Every file is written
-atomically, and existing files are only replaced with ``overwrite=True``. The module imports
+Only JSON and safetensors are ever read from an artifact, never pickles. A save replaces the
+folder as a whole (:func:`write_folder`): readers see the old complete folder or the new one,
+a killed save leaves nothing half-done behind, and existing files are only replaced with
+``overwrite=True`` (other files in the folder are kept). The module imports
 torch lazily: the ONNX runtime path (:mod:`btnet_adapters.export`) shares its file helpers.
 """
 
@@ -31,7 +33,6 @@ import hashlib
 import json
 import os
 import re
-import shutil
 import tempfile
 import warnings
 from collections.abc import Callable, Mapping, Sequence
@@ -40,7 +41,22 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
 
-from .errors import BTNetError, ConfigError, ResolutionError
+from ._atomic import interrupted_backup, mirror_folder, staging_folder, swap_folder
+from ._untrusted import (
+    MAX_BRANCHES,
+    MAX_EMBED_DIM,
+    MAX_INPUT_SIZE,
+    MAX_NUM_CLASSES,
+    ResourceLimitError,
+    TensorInfo,
+    UnsafeArgumentError,
+    check_limit,
+    check_model_args,
+    init_parameters,
+    read_json_file,
+    read_safetensors_header,
+)
+from .errors import BTNetError, ConfigError, OutputExistsError, ResolutionError
 
 if TYPE_CHECKING:
     import torch
@@ -57,11 +73,16 @@ __all__ = [
     "WEIGHTS_NAME",
     "ArtifactError",
     "ArtifactExistsError",
+    "ArtifactLimitError",
     "FingerprintMismatchError",
     "HubMixin",
+    "UnsafeArtifactError",
+    "artifact_source",
+    "check_saved_model_args",
     "fingerprint",
     "from_pretrained",
     "load_adapter",
+    "load_artifact_weights",
     "push_to_hub",
     "register",
     "save_adapter",
@@ -99,7 +120,17 @@ class FingerprintMismatchError(ArtifactError):
     """An adapter was trained on another trunk (both fingerprints are named)."""
 
 
-class ArtifactExistsError(BTNetError, FileExistsError):
+class UnsafeArtifactError(ArtifactError, UnsafeArgumentError):
+    """A saved config asks for something loading never does: an argument that loads a file,
+    downloads or names weights, or one the model does not take (the key and why are named)."""
+
+
+class ArtifactLimitError(ArtifactError, ResourceLimitError):
+    """A size a saved file declares is beyond a documented limit of :mod:`btnet_adapters._untrusted`
+    (value, limit and what is accepted are named); it was refused before anything was allocated."""
+
+
+class ArtifactExistsError(OutputExistsError):
     """Saving would replace existing files and ``overwrite=True`` was not given."""
 
 
@@ -156,12 +187,8 @@ def _inside(root: Path, relative: str, what: str) -> Path:
 
 
 def _read_json(path: Path, what: str) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except FileNotFoundError as err:
-        raise ArtifactError(f"{what} not found: {path}") from err
-    except (UnicodeDecodeError, json.JSONDecodeError) as err:
-        raise ArtifactError(f"{what} ({path}) is not valid JSON: {err}") from err
+    """A JSON object of at most ``MAX_JSON_BYTES`` (the size is checked before reading)."""
+    data = read_json_file(path, what, ArtifactError, ArtifactLimitError)
     if not isinstance(data, dict):
         raise ArtifactError(f"{what} ({path}) must hold a JSON object, got {type(data).__name__}")
     return data
@@ -194,8 +221,27 @@ def _verify_file(path: Path, record: Mapping[str, Any] | None, what: str) -> Non
         )
 
 
-def _read_safetensors(path: Path, what: str, keys: set[str] | None = None) -> tuple[dict[str, torch.Tensor], set[str]]:
-    """(tensors named in ``keys`` or all, every name in the file)."""
+def _safetensors_header(path: Path, what: str) -> dict[str, TensorInfo]:
+    """Every tensor the file declares, checked against the file's size before it is mapped."""
+    if not path.is_file():
+        raise ArtifactError(f"{what} is missing: {path}")
+    return read_safetensors_header(path, what, ArtifactError, ArtifactLimitError)
+
+
+def _read_safetensors(path: Path, what: str, keys: set[str] | None = None,
+                      expected: Mapping[str, Sequence[int]] | None = None) -> tuple[dict[str, torch.Tensor], set[str]]:
+    """(tensors named in ``keys`` or all, every name in the file).
+
+    The header is read and checked first (:func:`_safetensors_header`); with ``expected``
+    (name -> shape), a tensor the file declares with another shape is refused before any tensor
+    is read, so nothing larger than the model's own tensors is ever allocated.
+    """
+    header = _safetensors_header(path, what)
+    if expected is not None:
+        wrong = [f"{k}: file {list(info.shape)} vs model {list(expected[k])}" for k, info in sorted(header.items())
+                 if k in expected and (keys is None or k in keys) and list(info.shape) != list(expected[k])]
+        if wrong:
+            raise ArtifactError(f"{what} ({path}) does not fit the model: shape mismatches {wrong[:5]}")
     try:
         with safe_open(str(path), framework="pt", device="cpu") as handle:
             names = set(handle.keys())
@@ -225,6 +271,8 @@ def _jsonable(value: Any) -> Any:
         return [_jsonable(v) for v in value]
     if isinstance(value, dict):
         return {str(k): _jsonable(v) for k, v in value.items()}
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
+        return value.item()  # numpy / torch scalars (metrics)
     return value
 
 
@@ -297,7 +345,10 @@ def _check_resolutions(model: BTNet, resolutions: Sequence[int] | None) -> list[
 
 # --------------------------------------------------------------------------- writing
 def _adapter_config(model: BTNet, resolution: int, tensors: Mapping[str, torch.Tensor],
-                    base_fingerprint: str, architecture: str) -> dict[str, Any]:
+                    base_fingerprint: str, architecture: str, base_repo: str | None = None) -> dict[str, Any]:
+    """``adapter_config.json``. ``base_model`` identifies the trunk: its architecture, structural
+    arguments and fingerprint, and ``repo_id``, the Hub repo that holds it when one is known
+    (:func:`_base_repo_id`: the repo a full save is pushed to, or the one the model came from)."""
     return {
         "format": _ADAPTER_KIND,
         "format_version": FORMAT_VERSION,
@@ -306,7 +357,7 @@ def _adapter_config(model: BTNet, resolution: int, tensors: Mapping[str, torch.T
         "input_size": model.input_size,
         "base_model": {
             "architecture": architecture,
-            "repo_id": (model.pretrained_cfg or {}).get("hf_hub_id"),
+            "repo_id": base_repo if base_repo is not None else _base_repo_id(model, None, True),
             "model_args": _structure(model.config()),
             "trunk_fingerprint": base_fingerprint,
         },
@@ -318,10 +369,11 @@ def _adapter_config(model: BTNet, resolution: int, tensors: Mapping[str, torch.T
     }
 
 
-def _write_adapter(model: BTNet, folder: Path, resolution: int, base_fingerprint: str, architecture: str) -> dict[str, Any]:
+def _write_adapter(model: BTNet, folder: Path, resolution: int, base_fingerprint: str, architecture: str,
+                   base_repo: str | None = None) -> dict[str, Any]:
     folder.mkdir(parents=True, exist_ok=True)
     tensors = model.branch_state_dict(resolution)
-    config = _adapter_config(model, resolution, tensors, base_fingerprint, architecture)
+    config = _adapter_config(model, resolution, tensors, base_fingerprint, architecture, base_repo)
     config["file"] = _write_safetensors(folder / ADAPTER_WEIGHTS_NAME, tensors)
     _write_json(folder / ADAPTER_CONFIG_NAME, config)
     return config
@@ -336,7 +388,7 @@ def _write_artifact(model: BTNet, folder: Path, resolutions: list[int], classifi
     adapters = {}
     for r in resolutions:
         rel = f"{ADAPTERS_DIR}/r{r}"
-        cfg = _write_adapter(model, folder / rel, r, base, architecture)
+        cfg = _write_adapter(model, folder / rel, r, base, architecture, _base_repo_id(model, repo_id, adapters_only))
         adapters[str(r)] = {"path": rel, **cfg["plan"], "tensors": cfg["tensors"]}
     summary = {"architecture": architecture, "trunk_fingerprint": base, "adapters": adapters,
                "trunk_parameters": sum(t.numel() for t in model.trunk_state_dict().values()),
@@ -385,34 +437,14 @@ def _write_model_files(model: BTNet, folder: Path, resolutions: list[int], class
     _write_json(folder / CONFIG_NAME, config)
 
 
-def _place(staging: Path, target: Path, written: list[str], overwrite: bool, stale: list[Path]) -> None:
-    """Move staged files into ``target`` (atomic per file) and drop ``stale`` artifact files."""
-    if not target.exists():
-        target.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging, target)
-        return
-    for rel in written:
-        dest = target / rel
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        os.replace(staging / rel, dest)
-    if overwrite:
-        for path in stale:
-            path.unlink()
-            if path.parent != target and not any(path.parent.iterdir()):
-                path.parent.rmdir()
-
-
-def _default_permissions(folder: Path) -> None:
-    """Staged files get the permissions of ordinary new files (mkdtemp makes them private)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    folder.chmod(0o777 & ~umask)
-    for path in folder.rglob("*"):
-        path.chmod((0o777 if path.is_dir() else 0o666) & ~umask)
-
-
 def _conflicts(target: Path, written: list[str]) -> list[str]:
-    return [rel for rel in written if (target / rel).exists()]
+    """Written paths that exist in ``target`` (or whose folder is a file there)."""
+    clash = []
+    for rel in written:
+        parts = PurePosixPath(rel).parts
+        if os.path.lexists(target / rel) or any(target.joinpath(*parts[:i]).is_file() for i in range(1, len(parts))):
+            clash.append(rel)
+    return clash
 
 
 def _stale_adapters(target: Path, resolutions: list[int]) -> list[Path]:
@@ -427,28 +459,35 @@ def _stale_adapters(target: Path, resolutions: list[int]) -> list[Path]:
 
 def write_folder(target: str | os.PathLike, write: Callable[[Path], list[str]], *, overwrite: bool = False,
                  stale: Callable[[], list[Path]] = list) -> Path:
-    """Fill ``target`` safely: ``write(staging)`` writes files into a private staging folder next
-    to it and returns their relative paths; they are then moved in (atomically per file, or the
-    whole folder when ``target`` is new). Existing files are only replaced with ``overwrite``
-    (``stale()`` lists extra files to delete then); on any error ``target`` is untouched."""
-    target = Path(target).expanduser()
-    if target.exists() and not target.is_dir():
-        raise ArtifactExistsError(f"{target} exists and is not a directory")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", suffix=".tmp", dir=target.parent))
-    try:
+    """Fill ``target`` safely, replacing the folder as a whole.
+
+    ``write(staging)`` writes the new files into an empty staging folder next to ``target``
+    (``.<name>.btnet-staging-<pid>-<tag>``) and returns their relative paths. When ``target``
+    exists, the staging folder then receives every other entry of it (hard links, or copies),
+    except, with ``overwrite``, the files ``stale()`` lists; and the two folders are swapped
+    (:func:`btnet_adapters._atomic.swap_folder`). Readers see the old complete folder or the new
+    one, never a mix; on any error before the swap ``target`` is untouched. Existing files are
+    only replaced with ``overwrite``; without it any clash raises :class:`ArtifactExistsError`.
+    Leftovers of killed saves into the same parent folder are cleaned up first (a backup left
+    by a save killed between its two renames is restored, see
+    :func:`btnet_adapters._atomic.recover_leftovers`).
+    """
+    given = Path(target).expanduser()
+    target = Path(os.path.realpath(given))  # a symlinked folder is replaced where it really is
+    with staging_folder(target) as staging:
+        if os.path.lexists(target) and not target.is_dir():
+            raise ArtifactExistsError(f"{given} exists and is not a directory")
         written = write(staging)
-        _default_permissions(staging)
-        if target.exists():
+        if target.is_dir():
             clash = _conflicts(target, written)
             if clash and not overwrite:
                 raise ArtifactExistsError(
-                    f"{target} already holds {clash[:6]}{'…' if len(clash) > 6 else ''}; pass overwrite=True to replace"
+                    f"{given} already holds {clash[:6]}{'…' if len(clash) > 6 else ''}; pass overwrite=True to replace"
                 )
-        _place(staging, target, written, overwrite, stale() if target.exists() else [])
-    finally:
-        shutil.rmtree(staging, ignore_errors=True)
-    return target
+            dropped = {Path(p).relative_to(target).as_posix() for p in stale()} if overwrite else set()
+            mirror_folder(target, staging, skip=dropped)
+        swap_folder(staging, target)
+    return given
 
 
 def save_pretrained(
@@ -476,8 +515,12 @@ def save_pretrained(
         license: licence identifier of the weights for the model card (e.g. ``"mit"``).
         model_card: write ``README.md``.
         repo_id: Hub repo id the card's usage snippet names.
-        overwrite: replace existing artifact files (stale adapters of other resolutions are
-            removed); without it, any clash raises :class:`ArtifactExistsError`.
+        overwrite: replace existing artifact files; a full save also removes the adapters of
+            other resolutions (they would not match the new trunk), an ``adapters_only`` save
+            keeps them. Without it, any clash raises :class:`ArtifactExistsError`.
+
+    The folder is replaced as a whole (:func:`write_folder`): a reader, or a save that is
+    killed, never leaves a mix of old and new files.
 
     Returns:
         The folder.
@@ -489,13 +532,16 @@ def save_pretrained(
         save_directory,
         lambda folder: _write_artifact(model, folder, wanted, classifier, adapters_only, metrics, license,
                                        model_card, repo_id),
-        overwrite=overwrite, stale=lambda: _stale_adapters(Path(save_directory).expanduser(), wanted),
+        overwrite=overwrite,
+        stale=list if adapters_only else lambda: _stale_adapters(Path(os.path.realpath(Path(save_directory).expanduser())),
+                                                                 wanted),
     )
 
 
 def save_adapter(model: BTNet, save_directory: str | os.PathLike, resolution: int, *, overwrite: bool = False) -> Path:
     """Write one resolution as ``adapter_config.json`` + ``adapter_model.safetensors`` at the
-    top of ``save_directory`` (an adapter published alone)."""
+    top of ``save_directory`` (an adapter published alone); other files there are kept, and the
+    folder is replaced as a whole (:func:`write_folder`)."""
     r = _check_resolutions(model, [resolution])[0]
 
     def write(folder: Path) -> list[str]:
@@ -581,32 +627,169 @@ def _intervals(resolutions: Sequence[int], strategy: str, indicator: str) -> dic
     return out
 
 
-def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
-    rows = []
-    for name, value in metrics.items():
+def _metric_rows(metrics: Mapping[str, Any], prefix: str = "") -> list[tuple[str, str, Any]]:
+    """``(setting, metric, value)`` rows of a metrics dict: nested keys up to the last one name the
+    setting (``{"CelebA": {"112&14": {"accuracy": 0.93}}}`` → ``("CelebA 112&14", "accuracy", 0.93)``);
+    a value at the top level is its own setting with metric ``""``."""
+    rows: list[tuple[str, str, Any]] = []
+    for key, value in metrics.items():
+        name = f"{prefix} {key}".strip()
         if isinstance(value, Mapping):
-            rows += [f"| {name} | {k} | {v} |" for k, v in value.items()]
+            if value and all(not isinstance(v, Mapping) for v in value.values()):
+                rows += [(name, str(k), v) for k, v in value.items()]
+            else:
+                rows += _metric_rows(value, name)
         else:
-            rows.append(f"| {name} | | {value} |")
+            rows.append((name, "", value))
+    return rows
+
+
+def _number(value: Any) -> float | int | None:
+    """A finite int/float (numpy scalars included), or ``None`` for anything else."""
+    import math
+
+    value = value.item() if hasattr(value, "item") and getattr(value, "ndim", 0) == 0 else value
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return value if isinstance(value, int) or math.isfinite(value) else None
+
+
+def _cell(value: Any) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def _metrics_table(metrics: Mapping[str, Any]) -> list[str]:
+    rows = [f"| {_cell(s)} | {_cell(m)} | {_cell(v)} |" for s, m, v in _metric_rows(metrics)]
     return ["| setting | metric | value |", "|---|---|---|", *rows]
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-") or "value"
+
+
+def _eval_results(metrics: Mapping[str, Any] | None) -> list[Any]:
+    """``huggingface_hub.EvalResult`` per numeric metric (the card's ``model-index``)."""
+    from huggingface_hub import EvalResult
+
+    results = []
+    for setting, metric, value in _metric_rows(metrics or {}):
+        number = _number(value)
+        if number is None:
+            continue  # text, lists, None: in the table only
+        results.append(EvalResult(
+            task_type="image-feature-extraction", task_name="Face recognition",
+            dataset_type=_slug(setting), dataset_name=setting,
+            metric_type=_slug(metric or setting), metric_name=metric or setting, metric_value=number))
+    return results
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
+def _hub_id(value: Any) -> str | None:
+    return value if isinstance(value, str) and _REPO_ID.fullmatch(value) and "/" in value else None
+
+
+def _base_repo_id(model: BTNet, repo_id: str | None, adapters_only: bool) -> str | None:
+    """The Hub repo that holds the trunk the adapters were trained on, for ``adapter_config.json``:
+    the repo being pushed to when the trunk goes there too (a full save with ``repo_id``), else the
+    repo the model was loaded from (``pretrained_cfg["hf_hub_id"]``), else ``None``."""
+    if repo_id and not adapters_only:
+        return repo_id
+    return _hub_id((model.pretrained_cfg or {}).get("hf_hub_id"))
+
+
+def _card_base_model(model: BTNet, repo_id: str | None) -> str | None:
+    """The card's ``base_model``: the Hub model these weights derive from, when one is known (the
+    repo the BTNet was loaded from, or the timm Hub weights its trunk was created with), else
+    ``None``. The Hub accepts only model ids there, so an architecture name is never written."""
+    loaded = _hub_id((model.pretrained_cfg or {}).get("hf_hub_id"))
+    if loaded and loaded != repo_id:
+        return loaded
+    if (model.config().get("backbone_kwargs") or {}).get("pretrained"):
+        trunk = _hub_id((getattr(model.trunk, "pretrained_cfg", None) or {}).get("hf_hub_id"))
+        if trunk and trunk != repo_id:
+            return trunk
+    return None
+
+
+_INTENDED_USE = [
+    "## Intended use", "",
+    "- Face embeddings for 1:1 verification and 1:N identification of **aligned face crops of any size**, "
+    "in particular low-resolution crops (7–28 px) that would otherwise be up-sampled to the trunk's input size.",
+    "- Research on multi-resolution face recognition, e.g. reproducing or extending the BTNet paper.",
+    "- Deployments where the people enrolled and searched have consented, or where another legal basis is "
+    "documented, and where a person reviews every match before anything happens to anyone.", "",
+]
+_OUT_OF_SCOPE = [
+    "## Out-of-scope use", "",
+    "- Surveillance, tracking or identification of people without their knowledge and consent, including "
+    "searching crowds, CCTV footage or images scraped from the web.",
+    "- Any decision that affects people — law enforcement, border control, access to services, housing, "
+    "employment, education, credit — taken on a match without review by a qualified person.",
+    "- Practices that the law where you operate restricts or forbids (for example those the EU AI Act "
+    "prohibits, such as untargeted scraping of facial images to build recognition databases).",
+    "- Inferring anything other than identity similarity (emotion, age, gender, ethnicity, health, …): "
+    "the model was not trained for it and its embeddings must not be used that way.", "",
+]
+_LIMITATIONS = [
+    "## Limitations", "",
+    "- A low-resolution face carries less identity information: accuracy falls with resolution (see the "
+    "results below), and a match at 7–14 px is weak evidence on its own.",
+    "- Images are routed by their pixel size. An up-scaled or blurred image goes to a path that expects more "
+    "detail than it holds; `embed(..., indicator=\"effective\")` routes by the detail actually present.",
+    "- Inputs must be face crops aligned like the training data (ArcFace 5-point template); unaligned or "
+    "badly detected faces give unreliable embeddings.",
+    "- Similarity scores are not probabilities. Choose a threshold on data like your deployment's, at the "
+    "false-match rate you can accept.",
+    "- The results below are those passed when the weights were saved; they have not been verified "
+    "independently, and do not transfer to other image sources, cameras or populations.", "",
+]
+_BIAS = [
+    "## Bias, risks and privacy", "",
+    "- **Demographic differentials.** Face recognition error rates differ between demographic groups "
+    "(sex, age, skin tone, country of origin); NIST's evaluation of 189 algorithms (NISTIR 8280, 2019) found "
+    "false-match rates differing by factors of 10 to 100 between groups for many of them. This model has "
+    "not been evaluated per group, and low resolution can widen such gaps: measure error rates for each "
+    "group you serve before any deployment.",
+    "- **Consent.** Face images and embeddings identify people. Enrol and search only people who agreed, "
+    "or under a documented legal basis; tell them, and let them withdraw.",
+    "- **Data protection law.** Embeddings used to identify people are biometric data: under the GDPR "
+    "(Art. 9) a special category of personal data, and regulated by laws such as Illinois' BIPA. Store "
+    "them as such (purpose limitation, retention limits, access control, a data protection impact "
+    "assessment where required).",
+    "- **Misidentification harms** fall on the person wrongly matched; keep a human in the loop and a way "
+    "to contest a decision.", "",
+]
+
+
 def _model_card(model: BTNet, summary: dict[str, Any], adapters_only: bool, metrics: Mapping[str, Any] | None,
                 license: str | None, repo_id: str | None) -> str:
+    """The ``README.md`` of a saved folder / Hub repo: :class:`huggingface_hub.ModelCard` metadata
+    (``base_model`` when known, library, tags, licence, ``model-index`` from ``metrics``) and the
+    sections intended use, out-of-scope use, limitations, bias/risks/privacy, training data,
+    evaluation results, licence and citation."""
+    from huggingface_hub import ModelCard, ModelCardData
+
     name = repo_id or "path/to/this/folder"
     args = model.config()
+    architecture = summary["architecture"]
     adapters = summary["adapters"]
     res = [int(r) for r in adapters]
+    base_repo = _card_base_model(model, repo_id)
+    trunk_repo = _base_repo_id(model, repo_id, adapters_only)
+    results = _eval_results(metrics)
+    # The Hub takes licence identifiers (mit, cc-by-nc-4.0, …); free text goes under "other".
+    identifier = license if license and re.fullmatch(r"[a-z0-9][a-z0-9.+-]*", license) else None
+    data = ModelCardData(
+        base_model=base_repo, library_name="timm", pipeline_tag="image-feature-extraction",
+        tags=["btnet", "btnet_adapters", "face-recognition", "timm", architecture, str(args["backbone"])],
+        license=identifier or ("other" if license else None),
+        license_name=_slug(license) if license and not identifier else None,
+        model_name=(repo_id or f"BTNet {architecture}") if results else None, eval_results=results or None,
+    )
     spans = _intervals([*res, model.input_size], DEFAULT_ROUTING["strategy"], DEFAULT_ROUTING["indicator"])
-    front = ["---", "library_name: timm", "pipeline_tag: image-feature-extraction",
-             "tags:", "- btnet", "- btnet_adapters", "- face-recognition", "- timm"]
-    if license:
-        front.append(f"license: {license}")
-    front.append("---")
     trunk_bytes = summary["trunk_bytes"]
     rows = [f"| {model.input_size} (trunk) | — | {spans[model.input_size]} | {summary['trunk_parameters']:,} | "
             f"{_mb(trunk_bytes)} | 100 % |"]
@@ -615,50 +798,99 @@ def _model_card(model: BTNet, summary: dict[str, Any], adapters_only: bool, metr
         rows.append(f"| {r} | `{adapters[str(r)]['implant']}` | {spans[r]} | {t['parameters']:,} | "
                     f"{_mb(t['bytes'])} | {100 * t['bytes'] / trunk_bytes:.1f} % |")
     kind = "adapters for a BTNet trunk" if adapters_only else "a BTNet face recognizer"
+    base_line = (f"Base model: timm architecture `{architecture}` (backbone `{args['backbone']}`), trunk "
+                 f"fingerprint `{summary['trunk_fingerprint']}`"
+                 + (f", Hub repo [`{trunk_repo}`](https://huggingface.co/{trunk_repo})" if trunk_repo else "")
+                 + (f"; derived from [`{base_repo}`](https://huggingface.co/{base_repo})"
+                    if base_repo and base_repo != trunk_repo else "") + ".")
     lines = [
-        *front, "",
-        f"# {repo_id or 'BTNet'}", "",
+        f"# {repo_id or f'BTNet {architecture}'}", "",
         f"This repository holds {kind} (Branch-to-Trunk network, BMVC 2023): one trunk at "
         f"{model.input_size}×{model.input_size} and one small branch per low resolution, implanted into "
         f"the trunk's feature pyramid. Backbone `{args['backbone']}`, {model.embed_dim}-d embeddings, "
-        f"timm architecture `{summary['architecture']}`.", "",
+        f"timm architecture `{architecture}`.", "",
+        base_line, "",
         "## Resolutions", "",
         f"Images are routed by the `{DEFAULT_ROUTING['indicator']}` of width and height with the "
         f"`{DEFAULT_ROUTING['strategy']}` strategy; each adapter stores only its own tensors "
         "(resolution-specific layers and per-resolution normalisation state).", "",
         "| resolution | implant point | image side (px) | parameters | size | of trunk |",
         "|---|---|---|---|---|---|", *rows, "",
-        f"Trunk fingerprint: `{summary['trunk_fingerprint']}`. Resize: `{model.resize_spec.to_dict()}`.", "",
+        f"Resize: `{model.resize_spec.to_dict()}`.", "",
         "## Usage", "", "```python", "import timm", "import btnet_adapters  # registers the btnet_* models",
         "from btnet_adapters import BTNet", "",
     ]
     if adapters_only:
-        lines += ["model = BTNet.from_pretrained(\"<base model>\")  # the trunk these adapters were trained on",
+        base_src = trunk_repo or "path/to/the/base/model"
+        lines += [f"model = BTNet.from_pretrained(\"{base_src}\")  # the trunk these adapters were trained on "
+                  f"(fingerprint {summary['trunk_fingerprint'][:19]}…)",
                   *(f"model.load_adapter(\"{name}\", resolution={r})" for r in res)]
     else:
-        lines += [f"model = BTNet.from_pretrained(\"{name}\")", f"model = timm.create_model(\"hf-hub:{name}\", pretrained=True)",
+        route = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{name}"
+        lines += [f"model = BTNet.from_pretrained(\"{name}\")",
+                  f"# or through timm: model = timm.create_model(\"{route}\", pretrained=True)",
                   "embeddings = model.embed(face_crops)  # any size; L2-normalised"]
     lines += ["```", ""]
+    lines += [*_INTENDED_USE, *_OUT_OF_SCOPE, *_LIMITATIONS, *_BIAS]
+    lines += [
+        "## Training data", "",
+        "btnet_adapters does not record the training data of the weights it saves: the uploader should "
+        "name it here (dataset, version, licence, and how the people shown consented). Branches are "
+        "trained by distillation from the frozen trunk on down-sampled copies of face images. Many public "
+        "face datasets were collected from the web without the consent of the people in them, and some "
+        "(e.g. MS-Celeb-1M, from which MS1MV2/MS1MV3 derive) were withdrawn by their publishers; their "
+        "terms may restrict what the weights can be used for.", "",
+        "## Evaluation results", "",
+    ]
     if metrics:
-        lines += ["## Results", "", *_metrics_table(metrics), ""]
-    lines += ["## Licence", "", f"Weights licence: {license or 'not specified by the uploader'}. "
-              "Code: btnet_adapters (MIT).", "",
-              "## Citation", "", "H. He, W. Yuan, Y. Huang, S. Zhao, W. Yuan, H. Li. *Learning Unified Representations "
-              "for Multi-Resolution Face Recognition* (BTNet). BMVC 2023. arXiv:2310.09563.", ""]
-    return "\n".join(lines)
+        pairs = any("&" in s for s, _, _ in _metric_rows(metrics))
+        lines += ["Metrics of the run that produced these weights, as passed to `save_pretrained` / "
+                  "`push_to_hub`" + (" (`r1&r2`: first image at r1 px, second at r2 px)" if pairs else "") + ":", "",
+                  *_metrics_table(metrics), ""]
+    else:
+        lines += ["No evaluation results were recorded with these weights.", ""]
+    lines += [
+        "## Licence", "",
+        f"Weights licence: {license or 'not specified by the uploader (ask before any use)'}. "
+        "This is the licence of these weights alone; the btnet_adapters code is MIT-licensed. The weights "
+        "may also be bound by the terms of their training data"
+        + (f" and of the base model `{base_repo}`" if base_repo else "") + ".", "",
+        "## Citation", "",
+        "```bibtex",
+        "@inproceedings{he2023btnet,",
+        "  title     = {Learning Unified Representations for Multi-Resolution Face Recognition},",
+        "  author    = {He, H. and Yuan, W. and Huang, Y. and Zhao, S. and Yuan, W. and Li, H.},",
+        "  booktitle = {British Machine Vision Conference (BMVC)},",
+        "  year      = {2023},",
+        "  eprint    = {2310.09563},",
+        "  archivePrefix = {arXiv}",
+        "}",
+        "```", "",
+    ]
+    return str(ModelCard(f"---\n{data.to_yaml()}\n---\n\n" + "\n".join(lines)))
 
 
 # --------------------------------------------------------------------------- reading
 def _resolve(src: str | os.PathLike, patterns: list[str], revision: str | None, cache_dir: str | os.PathLike | None,
-             token: str | None) -> tuple[Path, str, str | None]:
-    """(local folder, description, hub repo id or None) for a directory or a Hub repo id."""
+             token: str | None, *, hub_only: bool = False, local_only: bool = False) -> tuple[Path, str, str | None]:
+    """(local folder, description, hub repo id or None) for a directory or a Hub repo id
+    (``hub_only``: never a local directory; ``local_only``: never the Hub)."""
     path = Path(src).expanduser()
-    if path.is_dir():
+    if local_only and not path.is_dir():
+        raise ArtifactError(f"{path} is not a directory holding a saved BTNet")
+    if path.is_dir() and not hub_only:
         if revision is not None:
             raise ConfigError(f"revision={revision!r} applies to Hub repo ids, not to the local directory {path}")
         return path, str(path), None
-    if path.exists():
+    if path.exists() and not hub_only:
         raise ArtifactError(f"{path} is a file; give the folder that holds it, or a Hub repo id")
+    backup = None if path.exists() or hub_only else interrupted_backup(path)
+    if backup is not None:
+        raise ArtifactError(
+            f"{path} does not exist: a save into it was killed while swapping folders, and the previous "
+            f"folder is intact at {backup}. The next save into {path.parent} restores it, or call "
+            f"btnet_adapters._atomic.recover_leftovers({str(path.parent)!r}) (or rename it back by hand)"
+        )
     repo_id = str(src)
     if not _REPO_ID.fullmatch(repo_id):
         raise ArtifactError(f"{repo_id!r} is neither an existing directory nor a Hub repo id ('org/name')")
@@ -683,13 +915,49 @@ def _resolve(src: str | os.PathLike, patterns: list[str], revision: str | None, 
 
 
 def _btnet_section(config: Mapping[str, Any], origin: str) -> dict[str, Any]:
+    """The config's ``btnet`` section, its sizes checked against the documented limits."""
     section = config.get("btnet")
     if not isinstance(section, dict):
         raise ArtifactError(f"{origin} is not a BTNet artifact: its config.json has no 'btnet' section")
     _check_version(section, f"config.json of {origin}")
     if not isinstance(config.get("model_args"), dict) or "backbone" not in config["model_args"]:
         raise ArtifactError(f"config.json of {origin} has no model_args with a backbone")
+    where = f"config.json of {origin}: btnet"
+    resolutions = section.get("resolutions", [])
+    if not isinstance(resolutions, list):
+        raise ArtifactError(f"{where}.resolutions must be a list of integers, got {resolutions!r:.200}")
+    check_limit(len(resolutions), MAX_BRANCHES, f"the number of {where}.resolutions", ArtifactLimitError)
+    for r in resolutions:
+        check_limit(r, MAX_INPUT_SIZE, f"{where}.resolutions entry", ArtifactLimitError, low=1,
+                    accepted=f"1..{MAX_INPUT_SIZE} pixels")
+    for key, limit in (("input_size", MAX_INPUT_SIZE), ("embed_dim", MAX_EMBED_DIM)):
+        if section.get(key) is not None:
+            check_limit(section[key], limit, f"{where}.{key}", ArtifactLimitError, low=1, accepted=f"1..{limit}")
+    for key in ("adapters", "files"):
+        if not isinstance(section.get(key) or {}, dict):
+            raise ArtifactError(f"{where}.{key} must be a JSON object, got {section[key]!r:.200}")
     return section
+
+
+def check_saved_model_args(model_args: Any, origin: str) -> dict[str, Any]:
+    """Refuse saved BTNet arguments that do more than describe the architecture.
+
+    ``model_args`` (and its ``backbone_kwargs``, checked against the parameters of the timm
+    model class the backbone builds) may hold only arguments the classes take, as plain JSON of
+    the kind each parameter's default has, within the limits of :mod:`btnet_adapters._untrusted`.
+    Anything that loads a file, downloads or names weights (``checkpoint_path``, ``pretrained``,
+    ``pretrained_cfg_overlay``, ``file``, ``url``, ``hf_hub_id``, … see
+    :data:`btnet_adapters._untrusted.LOADING_ARGUMENTS`) is refused.
+
+    Raises:
+        UnsafeArtifactError: a refused or unknown key, or a value of the wrong kind.
+        ArtifactLimitError: ``input_size``, ``embed_dim``, ``num_classes``, ``resolutions`` or an
+            architecture value beyond its limit.
+    """
+    from .model import BTNet
+
+    return check_model_args(model_args, f"config.json of {origin}: model_args", parameters=init_parameters(BTNet),
+                            error=UnsafeArtifactError, limit_error=ArtifactLimitError)
 
 
 def _wanted(resolutions: Sequence[int] | None, available: list[int], origin: str) -> list[int]:
@@ -703,34 +971,88 @@ def _wanted(resolutions: Sequence[int] | None, available: list[int], origin: str
 
 
 def _load_weights(model: BTNet, path: Path, origin: str) -> None:
-    expected = model.state_dict()
-    tensors, names = _read_safetensors(path, f"{WEIGHTS_NAME} of {origin}", set(expected))
+    """Load ``model.safetensors`` strictly (a margin head the model has is not in it and is kept).
+
+    Names and shapes are compared with the model from the file's header before any tensor is
+    read; saved branches the model does not hold are skipped unread.
+    """
+    expected = {k: v for k, v in model.state_dict().items() if not k.startswith("classifier.")}
+    what = f"{WEIGHTS_NAME} of {origin}"
+    header = _safetensors_header(path, what)
+    names = set(header)
     missing = sorted(set(expected) - names)
     loaded = {k.split(".")[1] for k in expected if k.startswith("branches.")}
     unexpected = sorted(n for n in names - set(expected)  # other saved resolutions are skipped
                         if not (n.startswith("branches.") and n.split(".")[1] not in loaded))
-    wrong = [f"{k}: file {tuple(v.shape)} vs model {tuple(expected[k].shape)}"
-             for k, v in tensors.items() if v.shape != expected[k].shape]
+    wrong = [f"{k}: file {list(header[k].shape)} vs model {list(expected[k].shape)}"
+             for k in sorted(names & set(expected)) if header[k].shape != tuple(expected[k].shape)]
     if missing or unexpected or wrong:
         raise ArtifactError(
-            f"{WEIGHTS_NAME} of {origin} does not fit the model its config.json describes: "
+            f"{what} does not fit the model its config.json describes: "
             f"missing {missing[:5]}, unexpected {unexpected[:5]}, shape mismatches {wrong[:5]}"
         )
-    model.load_state_dict(tensors, strict=True)
+    tensors, _ = _read_safetensors(path, what, set(expected))
+    model.load_state_dict(tensors, strict=not any(k.startswith("classifier.") for k in model.state_dict()))
 
 
 def _load_classifier(model: BTNet, root: Path, section: Mapping[str, Any], origin: str) -> None:
     head = section.get("classifier")
     if not head:
         raise ArtifactError(f"{origin} holds no classifier (saved without one); load with classifier=False")
+    where = f"config.json of {origin}: btnet.classifier"
+    if not isinstance(head, dict) or not isinstance(head.get("file"), str) or not isinstance(head.get("margin"), str):
+        raise ArtifactError(f"{where} must be an object with 'num_classes', 'margin' and 'file', got {head!r:.200}")
+    num_classes = check_limit(head.get("num_classes"), MAX_NUM_CLASSES, f"{where}.num_classes", ArtifactLimitError,
+                              low=1, accepted=f"1..{MAX_NUM_CLASSES:,} identities")
     path = _inside(root, head["file"], "classifier file")
-    _verify_file(path, section.get("files", {}).get(head["file"]), f"classifier of {origin}")
-    tensors, _ = _read_safetensors(path, f"classifier of {origin}")
-    model.reset_classifier(int(head["num_classes"]), head["margin"])
+    files = section.get("files") or {}
+    _verify_file(path, files.get(head["file"]), f"classifier of {origin}")
+    what = f"classifier of {origin}"
+    header = _safetensors_header(path, what)
+    weight = header.get("classifier.weight")
+    if weight is None or weight.shape != (num_classes, model.embed_dim):
+        raise ArtifactError(
+            f"{what} ({path}) does not fit its recorded size: classifier.weight is "
+            f"{list(weight.shape) if weight else 'missing'}, the config records {num_classes} classes of "
+            f"{model.embed_dim}-d embeddings"
+        )
+    tensors, _ = _read_safetensors(path, what)  # every tensor is inside the checked file
     try:
+        model.reset_classifier(num_classes, head["margin"])
         model.classifier.load_state_dict({k.removeprefix("classifier."): v for k, v in tensors.items()})
-    except RuntimeError as err:
+    except (RuntimeError, BTNetError) as err:
         raise ArtifactError(f"the classifier of {origin} does not fit its recorded size: {err}") from err
+
+
+def _load_artifact(model: BTNet, root: Path, section: Mapping[str, Any], origin: str, force: bool) -> None:
+    """Give ``model`` (built from the artifact's checked ``model_args``) the artifact's weights.
+
+    Each branch is rebuilt with the specific modules its adapter records; ``model.safetensors``
+    must have its recorded checksum and fit the model (header checked before reading); the
+    loaded trunk must have the recorded fingerprint (unless ``force``).
+    """
+    adapters = section.get("adapters") or {}
+    try:
+        for r in model.branch_resolutions:  # a branch added with its own specific modules is rebuilt that way
+            record = adapters[str(r)]
+            specific = record["specific"]
+            if not isinstance(specific, list) or not all(isinstance(s, str) for s in specific):
+                raise ArtifactError(f"config.json of {origin}: the adapter of {r} records specific modules "
+                                    f"{specific!r:.200}; accepted: a list of module names")
+            if list(model.branches[str(r)].plan.specific) != specific:
+                model.remove_branch(r)
+                model.add_branch(r, specific=specific)
+    except ArtifactError:
+        raise
+    except (BTNetError, KeyError, TypeError) as err:
+        raise ArtifactError(f"cannot rebuild the model described by {origin}: {type(err).__name__}: {err}") from err
+    files = section.get("files") or {}
+    _verify_file(root / WEIGHTS_NAME, files.get(WEIGHTS_NAME), f"{WEIGHTS_NAME} of {origin}")
+    _load_weights(model, root / WEIGHTS_NAME, origin)
+    recorded, actual = section.get("trunk_fingerprint"), trunk_fingerprint(model)
+    if recorded != actual:
+        _fingerprint_problem(f"the trunk loaded from {origin} has fingerprint {actual}, its config.json records {recorded}",
+                             force, stacklevel=4)
 
 
 def from_pretrained(
@@ -749,6 +1071,13 @@ def from_pretrained(
     Repo ids go through ``huggingface_hub.snapshot_download`` (its cache, ``HF_HUB_OFFLINE`` and
     ``HF_HUB_CACHE`` apply); only JSON and safetensors files are fetched.
 
+    Only the artifact's own ``config.json`` and safetensors files are read. Its ``model_args``
+    are checked before anything is built (:func:`check_saved_model_args`): arguments that would
+    load a file, download or name weights, arguments the model does not take, and sizes beyond
+    the documented limits are refused. Weight files must have their recorded checksums, their
+    safetensors headers are checked against the file size and the model's shapes before any
+    tensor is read, and the trunk must have its recorded fingerprint.
+
     Args:
         src: local folder or Hub repo id (``"org/name"``).
         resolutions: branches to load (default: every saved one); unknown ones are an error.
@@ -761,6 +1090,11 @@ def from_pretrained(
 
     Returns:
         The model in eval mode.
+
+    Raises:
+        ArtifactError: missing, corrupted or ill-fitting files; :class:`UnsafeArtifactError` and
+            :class:`ArtifactLimitError` (subclasses) for refused arguments and sizes;
+            :class:`FingerprintMismatchError` for another trunk.
     """
     from .model import BTNet
 
@@ -768,30 +1102,77 @@ def from_pretrained(
     root, origin, repo_id = _resolve(src, files, revision, cache_dir, token)
     config = _read_json(root / CONFIG_NAME, f"config.json of {origin}")
     section = _btnet_section(config, origin)
-    adapters = section.get("adapters") or {}
+    check_saved_model_args(config["model_args"], origin)
     wanted = _wanted(resolutions, [int(r) for r in section.get("resolutions", [])], origin)
     args = {**config["model_args"], "resolutions": wanted, "num_classes": 0}
     try:
         model = (model_cls or BTNet)(**args)
-        for r in wanted:  # a branch added with its own specific modules is rebuilt that way
-            specific = list(adapters[str(r)]["specific"])
-            if list(model.branches[str(r)].plan.specific) != specific:
-                model.remove_branch(r)
-                model.add_branch(r, specific=specific)
     except (BTNetError, KeyError, TypeError) as err:
         raise ArtifactError(f"cannot rebuild the model described by {origin}: {type(err).__name__}: {err}") from err
-    _verify_file(root / WEIGHTS_NAME, section.get("files", {}).get(WEIGHTS_NAME), f"{WEIGHTS_NAME} of {origin}")
-    _load_weights(model, root / WEIGHTS_NAME, origin)
-    recorded, actual = section.get("trunk_fingerprint"), trunk_fingerprint(model)
-    if recorded != actual:
-        _fingerprint_problem(f"the trunk loaded from {origin} has fingerprint {actual}, its config.json records {recorded}",
-                             force, stacklevel=3)
+    _load_artifact(model, root, section, origin, force)
     if classifier:
         _load_classifier(model, root, section, origin)
     cfg = {**model.pretrained_cfg, **{k: _tuples(v) for k, v in (config.get("pretrained_cfg") or {}).items()}}
     cfg.update(architecture=config.get("architecture"), hf_hub_id=repo_id)
     model.pretrained_cfg = model.default_cfg = cfg
     return model.eval()
+
+
+def artifact_source(pretrained_cfg: Any) -> tuple[str, str] | None:
+    """``("local-dir", folder)`` or ``("hf-hub", repo id)`` when timm's ``pretrained_cfg`` comes
+    from ``create_model("local-dir:…")`` / ``create_model("hf-hub:…")``, else ``None``."""
+    get = pretrained_cfg.get if isinstance(pretrained_cfg, Mapping) else lambda k: getattr(pretrained_cfg, k, None)
+    source = get("source") if pretrained_cfg is not None else None
+    if source == "local-dir" and get("file"):
+        return "local-dir", str(get("file"))
+    if source == "hf-hub" and get("hf_hub_id"):
+        return "hf-hub", str(get("hf_hub_id"))
+    return None
+
+
+def load_artifact_weights(
+    model: BTNet,
+    source: tuple[str, str],
+    *,
+    saved_args: Mapping[str, Any] | None = None,
+    cache_dir: str | os.PathLike | None = None,
+    force: bool = False,
+    token: str | None = None,
+) -> BTNet:
+    """Load a saved artifact's weights into ``model`` (built by timm from its ``model_args``)
+    with exactly :func:`from_pretrained`'s checks: recorded checksums, header-first safetensors
+    reads, per-branch specific modules and the trunk fingerprint.
+
+    This is how the zoo's entry points serve ``timm.create_model("local-dir:…", pretrained=True)``
+    and ``timm.create_model("hf-hub:…", pretrained=True)`` instead of timm's own weight loader,
+    which would load ``model.safetensors`` unchecked.
+
+    Args:
+        model: the BTNet timm built.
+        source: :func:`artifact_source` of its ``pretrained_cfg``.
+        saved_args: the ``model_args`` timm read (``pretrained_model_args``); they must equal the
+            ones read here (the folder did not change in between).
+        cache_dir: Hub cache folder.
+        force: load despite a different trunk fingerprint (with a warning).
+        token: Hub token for private repos.
+
+    Returns:
+        ``model``.
+    """
+    kind, location = source
+    if kind == "hf-hub":
+        repo_id, _, revision = location.partition("@")
+        root, origin, _ = _resolve(repo_id, [CONFIG_NAME, WEIGHTS_NAME], revision or None, cache_dir, token,
+                                   hub_only=True)
+    else:
+        root, origin, _ = _resolve(location, [CONFIG_NAME, WEIGHTS_NAME], None, None, None, local_only=True)
+    config = _read_json(root / CONFIG_NAME, f"config.json of {origin}")
+    section = _btnet_section(config, origin)
+    check_saved_model_args(config["model_args"], origin)
+    if saved_args is not None and dict(saved_args) != config["model_args"]:
+        raise ArtifactError(f"config.json of {origin} changed while it was being loaded; load it again")
+    _load_artifact(model, root, section, origin, force)
+    return model
 
 
 def _fingerprint_problem(message: str, force: bool, stacklevel: int) -> None:
@@ -826,12 +1207,19 @@ def _check_adapter(model: BTNet, config: Mapping[str, Any], resolution: int | No
     if config.get("format") != _ADAPTER_KIND:
         raise ArtifactError(f"{what} is not a BTNet adapter config (format {config.get('format')!r})")
     _check_version(config, what)
-    r = int(config["resolution"])
+    r = check_limit(config.get("resolution"), MAX_INPUT_SIZE, f"{what}: resolution", ArtifactLimitError, low=1,
+                    accepted=f"1..{MAX_INPUT_SIZE} pixels")
     if resolution is not None and r != int(resolution):
         raise ArtifactError(f"{what} is the adapter for resolution {r}, not {resolution}")
-    if int(config.get("input_size", -1)) != model.input_size:
+    if config.get("input_size") != model.input_size:
         raise ArtifactError(f"{what} was made for input size {config.get('input_size')}, the model's is {model.input_size}")
+    plan = config.get("plan") or {}
+    specific = plan.get("specific", []) if isinstance(plan, dict) else None
+    if not isinstance(specific, list) or not all(isinstance(s, str) for s in specific):
+        raise ArtifactError(f"{what}: plan.specific must be a list of module names, got {specific!r:.200}")
     base = config.get("base_model") or {}
+    if not isinstance(base, dict) or not isinstance(base.get("model_args") or {}, dict):
+        raise ArtifactError(f"{what}: base_model must be an object with model_args, got {base!r:.200}")
     theirs, ours = base.get("model_args") or {}, _structure(model.config())
     diff = {k: (theirs.get(k), ours[k]) for k in STRUCTURE_KEYS if theirs.get(k) != ours[k]}
     ours_fp = trunk_fingerprint(model)
@@ -888,23 +1276,15 @@ def load_adapter(
 
 
 def _install_branch(model: BTNet, r: int, tensors: dict[str, torch.Tensor], plan: Mapping[str, Any], what: str) -> None:
-    key = str(r)
-    old = model.branches[key] if key in model.branches else None
+    """Build branch ``r`` as the adapter describes it, load its tensors and attach it, all or
+    nothing (:meth:`BTNet.add_branch` with ``state_dict``): on any error the model is unchanged."""
     specific = list(plan.get("specific", []))
     try:
-        if old is None or list(old.plan.specific) != specific:
-            if old is not None:
-                model.remove_branch(r)
-            model.add_branch(r, specific=specific)
-        implant = model.branches[key].plan.implant
+        implant = model.plan_branch(r, specific).implant
         if plan.get("implant") not in (None, implant):
             raise ArtifactError(f"{what} implants at {plan.get('implant')}, this model's branch {r} at {implant}")
-        model.load_branch_state_dict(r, tensors, strict=True)
+        model.add_branch(r, specific=specific, state_dict=tensors)
     except (BTNetError, RuntimeError) as err:
-        if old is not None:
-            model.branches[key] = old
-        elif key in model.branches:
-            model.remove_branch(r)
         if isinstance(err, ArtifactError):
             raise
         raise ArtifactError(f"{what} does not fit the model: {err}") from err

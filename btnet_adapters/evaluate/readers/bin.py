@@ -2,7 +2,10 @@
 
 A ``.bin`` is a pickle of ``(images, issame)``: ``images`` holds ``2 × P`` encoded images
 (JPEG/PNG bytes; images ``2i`` and ``2i + 1`` form pair ``i``), ``issame`` holds ``P`` booleans.
-Files are read with :mod:`..safe_pickle` — never with plain ``pickle.load``.
+Files are read with :mod:`..safe_pickle` — never with plain ``pickle.load``. Sizes are bounded
+before anything is copied: the file (:data:`~btnet_adapters._untrusted.MAX_BIN_BYTES`), the
+number of pairs (:data:`~btnet_adapters._untrusted.MAX_BIN_PAIRS`) and the images' total size
+(at most the file's own: references that repeat one image object many times are refused).
 """
 
 from __future__ import annotations
@@ -16,8 +19,9 @@ from typing import Any, Sequence
 import numpy as np
 
 from ..._atomic import write_bytes_atomic
+from ..._untrusted import MAX_BIN_BYTES, MAX_BIN_PAIRS
 from ..errors import ProtocolFileError
-from ..safe_pickle import safe_loads
+from ..safe_pickle import PickleLimitError, safe_loads
 
 
 @dataclass(frozen=True)
@@ -91,8 +95,30 @@ def _issame_array(raw: Any) -> np.ndarray:
     return arr.astype(bool)
 
 
+def _copied_bytes(raw_images: Sequence[Any]) -> int:
+    """Bytes :func:`_image_bytes` would allocate: one copy per item, except ``bytes`` objects,
+    which are kept as they are (a repeated reference to one costs nothing)."""
+    total, seen = 0, set()
+    for item in raw_images:
+        if isinstance(item, bytes):
+            if id(item) not in seen:
+                seen.add(id(item))
+                total += len(item)
+        elif isinstance(item, (bytearray, str)):
+            total += len(item)
+        elif isinstance(item, np.ndarray):
+            total += item.nbytes
+    return total
+
+
 def parse_bin(data: bytes, name: str = "bin") -> VerificationBin:
-    """Parse the bytes of a ``.bin`` (see :func:`read_bin`)."""
+    """Parse the bytes of a ``.bin`` (see :func:`read_bin`).
+
+    Raises:
+        PickleLimitError: more than :data:`~btnet_adapters._untrusted.MAX_BIN_PAIRS` pairs, or
+            images whose total size exceeds the data's (checked before any image is copied).
+        ProtocolFileError: anything else malformed or unsafe.
+    """
     obj = safe_loads(data)
     if not isinstance(obj, (tuple, list)) or len(obj) != 2:
         raise ProtocolFileError(f"{name}: expected a pickled (images, issame) pair, got "
@@ -100,13 +126,23 @@ def parse_bin(data: bytes, name: str = "bin") -> VerificationBin:
     raw_images, raw_issame = obj
     if not isinstance(raw_images, (list, tuple)):
         raise ProtocolFileError(f"{name}: images must be a list, got {type(raw_images).__name__}")
-    images = tuple(_image_bytes(item, i) for i, item in enumerate(raw_images))
+    if len(raw_images) > 2 * MAX_BIN_PAIRS:
+        raise PickleLimitError(f"{name}: {len(raw_images):,} images, beyond the limit of {2 * MAX_BIN_PAIRS:,} "
+                               f"({MAX_BIN_PAIRS:,} pairs)")
     issame = _issame_array(raw_issame)
+    if issame.size > MAX_BIN_PAIRS:
+        raise PickleLimitError(f"{name}: {issame.size:,} pairs, beyond the limit of {MAX_BIN_PAIRS:,}")
     if issame.size == 0:
         raise ProtocolFileError(f"{name}: the set has no pairs")
-    if len(images) != 2 * issame.size:
+    if len(raw_images) != 2 * issame.size:
         raise ProtocolFileError(f"{name}: {issame.size} pairs need {2 * issame.size} images, "
-                                f"found {len(images)}")
+                                f"found {len(raw_images)}")
+    copied = _copied_bytes(raw_images)
+    if copied > len(data):
+        raise PickleLimitError(f"{name}: its images would take {copied:,} bytes, more than the {len(data):,} "
+                               f"bytes of the file (one image referenced many times); accepted: each image "
+                               f"stored once")
+    images = tuple(_image_bytes(item, i) for i, item in enumerate(raw_images))
     return VerificationBin(images=images, issame=issame, name=name)
 
 
@@ -120,10 +156,14 @@ def read_bin(path: str | os.PathLike[str]) -> VerificationBin:
     path = Path(path)
     if not path.is_file():
         raise ProtocolFileError(f"verification set not found: {path}")
+    size = path.stat().st_size
+    if size > MAX_BIN_BYTES:
+        raise PickleLimitError(f"{path}: {size:,} bytes, beyond the limit of {MAX_BIN_BYTES:,} bytes for a "
+                               f"verification .bin (the standard sets are under 1 GB)")
     try:
         return parse_bin(path.read_bytes(), name=path.stem)
     except ProtocolFileError as exc:
-        raise ProtocolFileError(f"{path}: {exc}") from None
+        raise type(exc)(f"{path}: {exc}") from None
 
 
 def _encode(image: Any, index: int, ext: str) -> bytes:
