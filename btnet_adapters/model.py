@@ -27,6 +27,7 @@ from .errors import ConfigError, InputImageError, ResolutionError, UnsupportedBa
 from .heads import HEADS, create_head
 from .hub import HubMixin
 from .images import image_list, to_pixels
+from .progress import progress_bar
 from .resize import ResizeSpec, resize_tensor
 
 HEAD_KINDS = ("fc", "pool", "backbone")
@@ -443,7 +444,7 @@ class BTNet(HubMixin, nn.Module):
             teacher=paths.ForwardPath.build(self.input_size, self.trunk, self.head, taps=[plan.implant]),
         )
         for path in built:
-            path.sync()
+            path.sync(self.training)
         return built
 
     def rebuild_paths(self) -> None:
@@ -458,7 +459,7 @@ class BTNet(HubMixin, nn.Module):
     def _sync_paths(self) -> None:
         for built in self.__dict__.get("_paths", {}).values():
             for path in built:
-                path.sync()
+                path.sync(self.training)
 
     def train(self, mode: bool = True) -> "BTNet":
         """Set training mode on the model and on its branch paths."""
@@ -474,8 +475,22 @@ class BTNet(HubMixin, nn.Module):
         resolution (``torch.compile(model.path(14))``, ``torch.export.export(model.path(14), …)``).
         """
         if int(resolution) == self.input_size:
-            return paths.ForwardPath(self.input_size, self.trunk, self.head)
-        return self._paths[self._branch_key(resolution)].serve
+            path = paths.ForwardPath(self.input_size, self.trunk, self.head)
+            path.training = self.training
+        else:
+            path = self._paths[self._branch_key(resolution)].serve
+        path.pretrained_cfg = path.default_cfg = self.data_config(path.resolution)
+        return path
+
+    def data_config(self, resolution: int | None = None) -> dict[str, Any]:
+        """``pretrained_cfg`` for the path of ``resolution`` (default: the trunk's): its
+        ``input_size`` is ``(3, r, r)``. Each ``model.path(r)`` carries it, so
+        ``timm.data.resolve_data_config(model=model.path(14))`` and ``create_transform`` feed the
+        14-px branch."""
+        r = self.input_size if resolution is None else int(resolution)
+        if r not in self.resolutions:
+            raise ResolutionError(f"no path for resolution {r}; available: {self.resolutions}")
+        return {**self.pretrained_cfg, "input_size": (3, r, r), "fixed_input_size": True}
 
     def _check_cut(self, plan: BranchPlan) -> None:
         """Prefix + suffix of the unmodified trunk at S must reproduce the trunk exactly."""
@@ -648,6 +663,91 @@ class BTNet(HubMixin, nn.Module):
             )
         return self._branch_forward(x, side)
 
+    # ----------------------------------------------------------------- timm model API
+    def _path_of(self, x: torch.Tensor) -> paths.ForwardPath | None:
+        """The branch path for ``x``'s side, ``None`` for the trunk (input checked)."""
+        side = self._check_input(x)
+        if side == self.input_size:
+            return None
+        if side not in self._paths:
+            raise ResolutionError(f"no path for {side}×{side} inputs; accepted sides {self.resolutions}")
+        return self._paths[side].serve
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The backbone's final feature map for the path of ``x``'s side (before the head).
+
+        The output remembers its resolution, so ``forward_head(forward_features(x)) == forward(x)``
+        (the head's norm state is per resolution).
+        """
+        path = self._path_of(x)
+        features = (self.trunk if path is None else path.trunk).forward_features(x)
+        features._btnet_resolution = self.input_size if path is None else path.resolution
+        return features
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False, resolution: int | None = None) -> torch.Tensor:
+        """Raw embeddings from :meth:`forward_features` output (they are the pre-logits: the margin
+        head needs labels). ``resolution`` picks the head's norm state; default: the resolution the
+        features came from (a tensor from elsewhere goes to the trunk's head)."""
+        r = int(resolution if resolution is not None else getattr(x, "_btnet_resolution", self.input_size))
+        if r == self.input_size:
+            return self.trunk.forward_head(x) if self.head is None else self.head(x)
+        return self._paths[self._branch_key(r)].serve.forward_head(x)
+
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | Sequence[int] | None = None,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NCHW",
+        intermediates_only: bool = False,
+    ) -> list[torch.Tensor] | tuple[torch.Tensor, list[torch.Tensor]]:
+        """timm's ``forward_intermediates`` on the path of ``x``'s side: the trunk's stage outputs
+        at ``input_size``, the branch path's (at its own sides) for a branch input."""
+        path = self._path_of(x)
+        trunk = self.trunk if path is None else path.trunk
+        if not callable(getattr(trunk, "forward_intermediates", None)):
+            raise UnsupportedBackboneError(f"{type(self.trunk).__name__} has no forward_intermediates()")
+        return trunk.forward_intermediates(x, indices=indices, norm=norm, stop_early=stop_early,
+                                           output_fmt=output_fmt, intermediates_only=intermediates_only)
+
+    @property
+    def feature_info(self) -> list[dict[str, Any]]:
+        """The trunk's ``feature_info`` (measured reductions at ``input_size``), module names as
+        BTNet's (``trunk.layer2``)."""
+        info = getattr(self.trunk, "feature_info", None) or []
+        return [{**f, "module": f"trunk.{f['module']}"} for f in info if isinstance(f, dict) and "module" in f]
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Gradient checkpointing in the trunk and every branch path (timm's switch)."""
+        if not callable(getattr(self.trunk, "set_grad_checkpointing", None)):
+            raise UnsupportedBackboneError(f"{type(self.trunk).__name__} has no set_grad_checkpointing()")
+        self.trunk.set_grad_checkpointing(enable)
+        for branch in self.branches.values():  # the branch's own copies carry the flag too
+            for key, module in branch.overrides.items():
+                for name, sub in module.named_modules():
+                    source = self.get_submodule(".".join(p for p in (_path(key), name) if p))
+                    if hasattr(source, "grad_checkpointing"):
+                        sub.grad_checkpointing = source.grad_checkpointing
+        self.rebuild_paths()
+
+    def group_matcher(self, coarse: bool = False) -> dict[str, Any]:
+        """timm's parameter groups (layer decay): the trunk's groups under ``trunk.``, then the
+        head and the branches."""
+        inner = self.trunk.group_matcher(coarse) if callable(getattr(self.trunk, "group_matcher", None)) else {}
+
+        def scoped(pattern: Any) -> Any:
+            if isinstance(pattern, str):
+                return r"^trunk\.(?:" + re.sub(r"(^|\||\()\^", r"\1", pattern) + ")"
+            if isinstance(pattern, (list, tuple)):
+                return type(pattern)(scoped(p) if isinstance(p, str) else
+                                     (scoped(p[0]), *p[1:]) if isinstance(p, tuple) and p and isinstance(p[0], str)
+                                     else p for p in pattern)
+            return pattern
+
+        groups = {k: scoped(v) for k, v in inner.items()} or {"stem": r"^trunk\.", "blocks": []}
+        return {**groups, "head": r"^head\.", "branches": r"^branches\.(\d+)"}
+
     # ----------------------------------------------------------------- embedding API
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """Pixel values in [0, 255] → the model's input normalisation (``pretrained_cfg``)."""
@@ -710,15 +810,14 @@ class BTNet(HubMixin, nn.Module):
             batch_size: images per forward pass (an int ≥ 1).
             flip: add the embedding of the horizontally flipped image (flip TTA).
             normalize: L2-normalise (raw embeddings otherwise).
-            progress: tqdm bar (default: when there are more than 8 batches).
+            progress: tqdm bar on a terminal, log lines otherwise (default: when there are more than
+                8 batches).
             calibration: :class:`btnet_adapters.effective.EffectiveCalibration` for
                 ``indicator="effective"`` (default: the bundled ORL calibration).
 
         Returns:
             ``(N, embed_dim)`` float32 CPU tensor, in input order.
         """
-        from tqdm.auto import tqdm
-
         if isinstance(batch_size, bool) or not isinstance(batch_size, (int, np.integer)) or batch_size < 1:
             raise ConfigError(f"batch_size must be an int >= 1, got {batch_size!r}")
         batch_size = int(batch_size)
@@ -740,7 +839,7 @@ class BTNet(HubMixin, nn.Module):
         for r in sorted(set(targets)):
             idx = [i for i, t in enumerate(targets) if t == r]
             jobs += [(r, idx[s:s + batch_size]) for s in range(0, len(idx), batch_size)]
-        bar = tqdm(jobs, desc="embed", unit="batch", disable=not (progress or (progress is None and len(jobs) > 8)))
+        bar = progress_bar(jobs, desc="embed", unit="batch", disable=not (progress or (progress is None and len(jobs) > 8)))
         training = any(m.training for m in self.modules())
         with _eval(self) if training else nullcontext():
             for r, idx in bar:
@@ -818,6 +917,8 @@ def _create_trunk(backbone: str | nn.Module, head: str, kwargs: dict[str, Any]) 
             if "Unknown model" in str(err):
                 raise UnsupportedBackboneError(f"unknown timm model {backbone!r}: {err}") from err
             raise
+        except TypeError as err:  # a keyword the backbone's class does not take
+            raise ConfigError(f"the backbone {backbone!r} does not take the keywords {sorted(kwargs)}: {err}") from err
     else:
         raise ConfigError(f"backbone must be a timm model name or nn.Module, got {type(backbone).__name__}")
     if not callable(getattr(trunk, "forward_features", None)):

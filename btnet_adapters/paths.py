@@ -151,13 +151,20 @@ class ForwardPath(nn.Module):
         return cls(resolution, root.trunk, root.head, [c for c in copies if c[0] is not root])
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.trunk.forward_features(x)
+        return self.forward_head(self.trunk.forward_features(x))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """This path's embedding head (norm state included) on its ``forward_features`` output."""
         return self.trunk.forward_head(features) if self.head is None else self.head(features)
 
-    def sync(self) -> None:
-        """Copy the ``training`` flag of every copied module from its source."""
+    def sync(self, training: bool | None = None) -> None:
+        """Copy the ``training`` flag of every copied module from its source, and set the path's
+        own to ``training`` (its owner's), so that tools that switch the path to eval and back
+        (``torch.onnx.export``) restore the owner's mode, not a default."""
         for twin, source in self._copies:
             twin.training = source.training
+        if training is not None:
+            self.training = training
 
     def extra_repr(self) -> str:
         return f"resolution={self.resolution}, {len(self._copies)} private modules"

@@ -263,7 +263,9 @@ def same_conv2d(x: torch.Tensor, conv: nn.Conv2d) -> torch.Tensor:
 class StrideFreeConv2d(nn.Module):
     """A view of a convolution that runs it without its stride (weights shared, not copied).
 
-    The source module is held unregistered, so ``state_dict`` never sees it twice. Parent
+    The view lives only in branch paths (:mod:`btnet_adapters.paths`), in place of its source,
+    which it registers as ``source``: a path's tracer (ONNX, ``torch.export``) sees the weights
+    as the parameters they are, and the model's own ``state_dict`` never holds the view. Parent
     modules that read their conv's geometry in ``forward`` (DaViT pads to a multiple of
     ``kernel_size`` before a stride-2 conv) see the source's, with ``stride`` 1.
     """
@@ -273,11 +275,11 @@ class StrideFreeConv2d(nn.Module):
 
     def __init__(self, conv: nn.Conv2d) -> None:
         super().__init__()
-        self.__dict__["source"] = conv
+        self.source = conv
 
     def __getattr__(self, name: str) -> Any:
         if name in StrideFreeConv2d.GEOMETRY:
-            return getattr(self.__dict__["source"], name)
+            return getattr(self._modules["source"], name)
         return super().__getattr__(name)
 
     @property

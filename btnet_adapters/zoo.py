@@ -5,6 +5,13 @@ into one builder; every default can be overridden by keyword, e.g.
 ``timm.create_model("btnet_mobilefacenet", embed_dim=128,
 backbone_kwargs=dict(num_features=128, scale=1))`` for insightface's released MobileFaceNet.
 Passing ``num_classes=N`` attaches a CurricularFace margin head (``margin=`` picks another).
+
+Saved models: ``timm.create_model("local-dir:<folder>")`` and ``("hf-hub:<org/name>")`` pass
+the folder's ``config.json`` ``model_args`` here; they are checked like
+:func:`btnet_adapters.hub.from_pretrained` checks them (architecture arguments only, within the
+documented limits) before anything is built, and with ``pretrained=True`` the weights are loaded
+by :func:`btnet_adapters.hub.load_artifact_weights` (recorded checksums, header-first
+safetensors reads, trunk fingerprint) instead of timm's unchecked loader.
 """
 
 from __future__ import annotations
@@ -14,6 +21,7 @@ from typing import Any
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from . import backbones  # noqa: F401 - registers iresnet*/mobilefacenet with timm
+from . import hub
 from .errors import ConfigError
 from .model import BTNet
 
@@ -42,10 +50,55 @@ def _cfg(**kwargs: Any) -> dict[str, Any]:
 default_cfgs = generate_default_cfgs({**{name: _cfg() for name in ZOO}, "btnet": _cfg()})
 
 
+#: timm keywords that belong to the backbone: they are passed on in ``backbone_kwargs``.
+BACKBONE_KEYWORDS = ("drop_path_rate", "drop_block_rate", "attn_drop_rate", "proj_drop_rate", "pos_drop_rate")
+
+
+def _route_timm_keywords(kwargs: dict[str, Any]) -> None:
+    """timm's model keywords reach the part they belong to, or are refused with the reason:
+    regularisation rates go to the backbone, ``drop_rate`` is BTNet's dropout before the
+    embedding layer, ``global_pool="avg"`` selects ``head="pool"``, ``features_only`` returns
+    the paths' feature maps (timm's ``FeatureGetterNet`` over :meth:`BTNet.forward_intermediates`)."""
+    backbone_kwargs = dict(kwargs.get("backbone_kwargs") or {})
+    for key in BACKBONE_KEYWORDS:
+        if key in kwargs:
+            backbone_kwargs[key] = kwargs.pop(key)
+    if backbone_kwargs:
+        kwargs["backbone_kwargs"] = backbone_kwargs
+    pool = kwargs.pop("global_pool", None)
+    head = kwargs.get("head", "fc")
+    if pool not in (None, "", "avg"):
+        raise ConfigError(f"global_pool={pool!r} is not available: BTNet's embedding head averages (head='pool', "
+                          "global_pool='avg') or flattens the final map (head='fc', arcface_torch's)")
+    if pool == "avg":
+        if head not in ("fc", "pool") or ("head" in kwargs and head != "pool"):
+            raise ConfigError(f"global_pool='avg' means head='pool', but head={head!r} was given"
+                              + ("; the backbone's own head makes the embedding" if head == "backbone" else ""))
+        kwargs["head"] = "pool"
+    if pool == "" and head == "pool":
+        raise ConfigError("global_pool='' (no pooling) conflicts with head='pool'; use head='fc' (flatten)")
+    if kwargs.get("features_only"):
+        kwargs.setdefault("feature_cls", "getter")
+
+
+def _build(variant: str, pretrained: bool, kwargs: dict[str, Any]) -> BTNet:
+    """timm's builder, except for saved models (``local-dir:`` / ``hf-hub:``): their arguments are
+    checked first and their weights loaded with the artifact's own checks."""
+    _route_timm_keywords(kwargs)
+    source = hub.artifact_source(kwargs.get("pretrained_cfg"))
+    saved = kwargs.get("pretrained_model_args")
+    if source is not None or saved is not None:
+        origin = f"{source[0]}:{source[1]}" if source else variant
+        hub.check_saved_model_args(saved or {}, origin)
+    if not (pretrained and source is not None):
+        return build_model_with_cfg(BTNet, variant, pretrained, **kwargs)
+    model = build_model_with_cfg(BTNet, variant, False, **kwargs)
+    return hub.load_artifact_weights(model, source, saved_args=saved, cache_dir=kwargs.get("cache_dir"))
+
+
 def _create_btnet(variant: str, pretrained: bool = False, **kwargs: Any) -> BTNet:
     args: dict[str, Any] = {"resolutions": DEFAULT_RESOLUTIONS, **ZOO[variant], **kwargs}
-    args.pop("global_pool", None)
-    return build_model_with_cfg(BTNet, variant, pretrained, **args)
+    return _build(variant, pretrained, args)
 
 
 @register_model
@@ -99,5 +152,4 @@ def btnet(pretrained: bool = False, **kwargs: Any) -> BTNet:
     if "backbone" not in kwargs:
         raise ConfigError("btnet needs backbone=, e.g. timm.create_model('btnet', backbone='convnext_tiny')")
     kwargs.setdefault("resolutions", DEFAULT_RESOLUTIONS)
-    kwargs.pop("global_pool", None)
-    return build_model_with_cfg(BTNet, "btnet", pretrained, **kwargs)
+    return _build("btnet", pretrained, kwargs)

@@ -32,10 +32,10 @@ def test_same_conv2d_matches_torch_same_padding(kernel, dilation):
     torch.testing.assert_close(out, reference(x))
 
 
-def test_stride_free_view_shares_weights_and_is_not_registered():
+def test_stride_free_view_shares_weights_with_its_source():
     conv = nn.Conv2d(3, 5, 3, stride=2, padding=1)
     view = surgery.StrideFreeConv2d(conv)
-    assert list(view.state_dict()) == []
+    assert view.source is conv and view.source.weight is conv.weight  # registered (tracers see it), not copied
     with torch.no_grad():
         conv.weight.mul_(2)
     expected = nn.functional.conv2d(torch.ones(1, 3, 6, 6), conv.weight, conv.bias, 1, 1)
@@ -67,7 +67,7 @@ def test_a_parent_reading_its_convs_kernel_size_runs_on_the_branch():
     view, _ = build_view(net, [("0.conv", surgery.StrideFreeConv2d)])
     out = view(torch.randn(1, 3, 7, 7))
     assert out.shape == (1, 8, 9, 9)  # the parent's own pad (1 each side) + same padding: no stride
-    assert net(torch.randn(1, 3, 7, 7)).shape == (1, 8, 3, 3)  # the original is untouched
+    assert net(torch.randn(1, 3, 7, 7)).shape == (1, 8, 4, 4)  # the original keeps its stride
 
 
 class _Toy(nn.Module):

@@ -224,7 +224,9 @@ _PLAIN_BN = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d)
 def global_batch_norms(root: nn.Module, env: DistEnv) -> Iterator[list[str]]:
     """Swap every plain ``nn.BatchNorm*d`` under ``root`` for a :class:`GlobalBatchNorm` sharing
     its parameters and buffers; yields the names of norm layers left per-process (subclasses
-    such as timm's ``BatchNormAct2d``). Restores the originals on exit."""
+    such as timm's ``BatchNormAct2d``). Restores the originals on exit. A root with fixed branch
+    paths (``BTNet.rebuild_paths``) has them rebuilt after each exchange, so branch calls run the
+    modules now in the tree."""
     undo: list[tuple[nn.Module, str, nn.Module]] = []
     skipped: list[str] = []
     if env.distributed:
@@ -237,11 +239,16 @@ def global_batch_norms(root: nn.Module, env: DistEnv) -> Iterator[list[str]]:
                     continue
                 parent._modules[name] = _as_global(child, env.group)
                 undo.append((parent, name, child))
+    rebuild = getattr(root, "rebuild_paths", None) if undo else None
+    if rebuild is not None:
+        rebuild()
     try:
         yield skipped
     finally:
         for parent, name, child in reversed(undo):
             parent._modules[name] = child
+        if rebuild is not None:
+            rebuild()
 
 
 def _as_global(bn: nn.modules.batchnorm._BatchNorm, group: object) -> GlobalBatchNorm:
