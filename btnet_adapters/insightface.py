@@ -17,6 +17,10 @@ are RGB: pass ``bgr=False`` to :meth:`BTNetRecognizer.embed_crops`.
 Detectors rarely find faces below ~10 px; :meth:`BTNetRecognizer.embed_crops` embeds crops you
 already have. With ``onnx_dir=`` the recognizer runs the files of
 :func:`btnet_adapters.export.export_onnx` with onnxruntime; this module then never imports torch.
+
+:func:`btnet_face_analysis` builds a ``FaceAnalysis`` around the recognizer: with the detector of
+a model pack on disk (``~/.insightface/models/buffalo_l``), or with any detector object, such as
+:class:`MTCNNDetector` (facenet-pytorch's MTCNN, whose weights ship in its wheel: works offline).
 """
 
 from __future__ import annotations
@@ -39,9 +43,11 @@ __all__ = [
     "ARCFACE_DST",
     "SCALES",
     "BTNetRecognizer",
+    "MTCNNDetector",
     "align_face",
     "alignment_matrix",
     "arcface_template",
+    "btnet_face_analysis",
     "landmark_side",
     "load_arcface_torch",
     "similarity_transform",
@@ -146,6 +152,13 @@ class BTNetRecognizer:
         scale: ``"box"`` routes by the detection box, ``"landmarks"`` by :func:`landmark_side`.
         providers: onnxruntime providers for ``onnx_dir`` (default: CPU).
         batch_size: crops per forward pass in :meth:`embed_crops`.
+
+    Besides ``get`` / ``get_feat`` / ``forward`` / ``compute_sim`` / ``prepare``, it carries what
+    code written for insightface's ``ArcFaceONNX`` reads: ``taskname``, ``model_file`` and
+    ``session`` (the trunk's graph and onnxruntime session; ``None`` with a torch model),
+    ``sessions`` (``{resolution: session}``, one per path), ``input_size``, ``input_shape``,
+    ``input_mean`` / ``input_std`` (pixel units), ``input_name`` (``input_names``),
+    ``output_names`` and ``output_shape``.
     """
 
     taskname = "recognition"
@@ -177,6 +190,15 @@ class BTNetRecognizer:
         self.input_size = (side, side)
         self.input_shape = ["None", 3, side, side]
         self.output_shape = [1, self.backend.embed_dim]
+        # What code written for insightface's ArcFaceONNX reads: the trunk's file and session
+        # (None with a torch model); ``sessions`` has one onnxruntime session per resolution.
+        onnx_backend = isinstance(self.backend, OnnxBTNet)
+        self.model_file: str | None = str(self.backend.files[side]) if onnx_backend else None
+        self.sessions: dict[int, Any] = self.backend.sessions if onnx_backend else {}
+        self.session = self.sessions.get(side)
+        self.input_name: str = self.backend.input_name if onnx_backend else "input"
+        self.input_names = [self.input_name]
+        self.output_names: list[str] = [self.backend.output_name if onnx_backend else "embedding"]
         mean, std = self.backend.mean, self.backend.std
         self.input_mean = float(mean[0]) if np.all(mean == mean[0]) else tuple(float(v) for v in mean)
         self.input_std = float(std[0]) if np.all(std == std[0]) else tuple(float(v) for v in std)
@@ -184,6 +206,8 @@ class BTNetRecognizer:
     def prepare(self, ctx_id: int = -1, **kwargs: Any) -> None:
         """Select the device: ``ctx_id < 0`` CPU, else GPU ``ctx_id`` when available."""
         self.backend.prepare(ctx_id)
+        self.sessions = self.backend.sessions if isinstance(self.backend, OnnxBTNet) else {}
+        self.session = self.sessions.get(self.input_size[0])
 
     # ------------------------------------------------------------------ routing
     def route(self, width: int, height: int) -> int:
@@ -249,6 +273,18 @@ class BTNetRecognizer:
         """insightface's ``get_feat``: raw embeddings of BGR crops (one array or a list)."""
         return self.embed_crops([imgs] if isinstance(imgs, np.ndarray) else list(imgs), bgr=True)
 
+    def forward(self, batch_data: np.ndarray) -> np.ndarray:
+        """insightface's ``forward``: raw embeddings of an ``N×3×r×r`` batch of pixel values
+        (0–255, the network's RGB order), ``r`` one of :attr:`resolutions`."""
+        batch = np.asarray(batch_data, dtype=np.float32)
+        if batch.ndim != 4 or batch.shape[1] != 3 or batch.shape[2] != batch.shape[3]:
+            raise InputImageError(f"forward takes an N×3×r×r batch, got shape {batch.shape}")
+        side = int(batch.shape[2])
+        if side not in self.resolutions:
+            raise InputImageError(f"forward takes sides {self.resolutions}, got {side}; use embed_crops() for other sizes")
+        mean, std = self.backend.mean.reshape(1, -1, 1, 1), self.backend.std.reshape(1, -1, 1, 1)
+        return self.backend.run(side, np.ascontiguousarray((batch - mean) / std)).astype(np.float32, copy=False)
+
     @staticmethod
     def compute_sim(feat1: np.ndarray, feat2: np.ndarray) -> float:
         """Cosine similarity of two embeddings."""
@@ -262,3 +298,155 @@ def _resize(crop: np.ndarray, size: int) -> np.ndarray:
         return crop
     shrink = h >= size and w >= size
     return cv2.resize(crop, (size, size), interpolation=cv2.INTER_AREA if shrink else cv2.INTER_LINEAR)
+
+
+# --------------------------------------------------------------------------- detection
+class MTCNNDetector:
+    """insightface detector (``taskname="detection"``) over facenet-pytorch's MTCNN.
+
+    MTCNN's weights ship inside the ``facenet-pytorch`` wheel, so this detector works offline
+    (insightface's own detector packs download at run time). facenet-pytorch pins old torch
+    versions: install it with ``pip install --no-deps "facenet-pytorch>=2.5"`` (its other
+    dependencies — torch, torchvision, pillow, numpy — are btnet_adapters' own). It runs on torch.
+
+    ``detect`` follows insightface's interface: a BGR uint8 image in, ``(bboxes, kpss)`` out —
+    ``bboxes`` ``N×5`` float32 ``x1, y1, x2, y2, score``, ``kpss`` ``N×5×2`` float32 landmarks in
+    insightface's order (left eye, right eye, nose, left and right mouth corner, as seen in the
+    image), best score first.
+
+    Args:
+        min_face_size: smallest face side MTCNN looks for, in pixels (its image pyramid starts at
+            ``12 / min_face_size``; smaller values up-sample the image and take longer).
+        thresholds: MTCNN's P-, R- and O-net score thresholds.
+        factor: MTCNN's pyramid scale step.
+        det_thresh: faces scoring below it are dropped (``FaceAnalysis.prepare(det_thresh=)``
+            sets it, like insightface's detectors).
+        device: torch device for MTCNN (``prepare(ctx_id)`` moves it: ``< 0`` CPU, else CUDA).
+        mtcnn: an MTCNN instance to use instead of building one (``keep_all=True`` needed).
+    """
+
+    taskname = "detection"
+
+    def __init__(self, min_face_size: int = 10, thresholds: Sequence[float] = (0.6, 0.7, 0.7),
+                 factor: float = 0.709, det_thresh: float = 0.5, device: Any = None, mtcnn: Any = None) -> None:
+        if mtcnn is None:
+            try:
+                from facenet_pytorch.models.mtcnn import MTCNN
+            except ImportError as err:
+                raise ImportError(
+                    "MTCNNDetector needs facenet-pytorch: pip install --no-deps 'facenet-pytorch>=2.5' "
+                    "(--no-deps: it pins old torch versions; its other dependencies are already installed)"
+                ) from err
+            mtcnn = MTCNN(keep_all=True, min_face_size=min_face_size, thresholds=list(thresholds), factor=factor,
+                          post_process=False, device=device or "cpu")
+        if not getattr(mtcnn, "keep_all", True):
+            raise ConfigError("MTCNNDetector needs an MTCNN built with keep_all=True (it returns every face)")
+        self.mtcnn = mtcnn
+        self.det_thresh = float(det_thresh)
+        self.input_size = None  # MTCNN runs an image pyramid on the whole image, any size
+        self.input_mean, self.input_std = 127.5, 128.0  # what MTCNN's networks see (informative)
+
+    def prepare(self, ctx_id: int = -1, det_thresh: float | None = None, **kwargs: Any) -> None:
+        """``ctx_id < 0``: CPU, else CUDA device ``ctx_id`` when torch has one; ``det_thresh``
+        replaces the score threshold. Other keywords (``input_size``) do not apply to MTCNN."""
+        import torch
+
+        device = torch.device(f"cuda:{ctx_id}" if ctx_id >= 0 and torch.cuda.is_available() else "cpu")
+        self.mtcnn.to(device)
+        self.mtcnn.device = device
+        if det_thresh is not None:
+            self.det_thresh = float(det_thresh)
+
+    def detect(self, img: np.ndarray, max_num: int = 0, metric: str = "default",
+               **kwargs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """Faces of a BGR image: ``(bboxes N×5, kpss N×5×2)``, float32, best score first.
+
+        ``max_num > 0`` keeps that many faces, chosen as insightface's SCRFD does (``metric="max"``:
+        the largest boxes; otherwise the largest, favouring faces near the image centre).
+        """
+        import torch
+
+        _check_image(img, "the image")
+        rgb = np.ascontiguousarray(img[:, :, ::-1])
+        with torch.no_grad():
+            boxes, probs, points = self.mtcnn.detect(rgb, landmarks=True)
+        if boxes is None or len(boxes) == 0:
+            return np.zeros((0, 5), np.float32), np.zeros((0, 5, 2), np.float32)
+        det = np.hstack([np.asarray(boxes, np.float32), np.asarray(probs, np.float32)[:, None]])
+        kpss = np.asarray(points, np.float32).reshape(-1, 5, 2)
+        keep = det[:, 4] >= self.det_thresh
+        det, kpss = det[keep], kpss[keep]
+        order = np.argsort(-det[:, 4], kind="stable")
+        det, kpss = det[order], kpss[order]
+        if max_num > 0 and len(det) > max_num:
+            area = (det[:, 2] - det[:, 0]) * (det[:, 3] - det[:, 1])
+            centre_y, centre_x = img.shape[0] // 2, img.shape[1] // 2
+            offset = ((det[:, 0] + det[:, 2]) / 2 - centre_x) ** 2 + ((det[:, 1] + det[:, 3]) / 2 - centre_y) ** 2
+            values = area if metric == "max" else area - 2.0 * offset
+            chosen = np.argsort(values)[::-1][:max_num]
+            det, kpss = det[chosen], kpss[chosen]
+        return det, kpss
+
+
+def btnet_face_analysis(
+    recognizer: BTNetRecognizer,
+    name: str = "buffalo_l",
+    root: str | os.PathLike = "~/.insightface",
+    *,
+    detector: Any = None,
+    allowed_modules: Sequence[str] = ("detection",),
+    download: bool = False,
+    **kwargs: Any,
+) -> Any:
+    """An insightface ``FaceAnalysis`` whose recognizer is ``recognizer`` (call ``app.prepare``).
+
+    Without ``detector``: the detector (and any other ``allowed_modules``, e.g. ``"genderage"``,
+    ``"landmark_2d_106"``) come from the model pack ``name`` under ``root/models`` — what
+    ``FaceAnalysis(name, root)`` reads, e.g. ``~/.insightface/models/buffalo_l`` — or from
+    ``name`` itself when it is a folder. The pack's own recognizer is never loaded. insightface
+    downloads a missing pack; this function refuses instead unless ``download=True``.
+
+    With ``detector`` (any object with insightface's detector interface, e.g.
+    :class:`MTCNNDetector`): no model pack is read; the app holds that detector and ``recognizer``.
+
+    Args:
+        recognizer: the recognizer, set as ``app.models["recognition"]``.
+        name: model pack name (or folder) for the detector.
+        root: insightface's root folder (packs live in ``root/models/<name>``).
+        detector: a detector object instead of a model pack.
+        allowed_modules: pack modules to load (``"detection"`` is required; ``"recognition"``
+            is dropped: ``recognizer`` replaces it).
+        download: let insightface download a pack that is not on disk.
+        **kwargs: passed to ``FaceAnalysis`` (e.g. ``providers``).
+
+    Returns:
+        The ``FaceAnalysis``; ``app.models`` holds the detector (+ other modules) and ``recognizer``.
+    """
+    from pathlib import Path
+
+    from insightface.app import FaceAnalysis
+
+    if getattr(recognizer, "taskname", None) != "recognition":
+        raise ConfigError(f"recognizer must be a recognition model (taskname 'recognition'), got {type(recognizer).__name__}")
+    if detector is not None:
+        if getattr(detector, "taskname", None) != "detection" or not callable(getattr(detector, "detect", None)):
+            raise ConfigError(f"detector must have taskname 'detection' and a detect() method, got {type(detector).__name__}")
+        # FaceAnalysis.__init__ only reads a model pack; build the same object around the
+        # detector instead (the attributes its prepare() and get() use).
+        app = FaceAnalysis.__new__(FaceAnalysis)
+        app.models, app.det_model = {"detection": detector}, detector
+        app.addons, app.liveness_mode, app.model_package, app.model_dir = {}, "normal", None, None
+    else:
+        modules = [m for m in allowed_modules if m != "recognition"]
+        if "detection" not in modules:
+            raise ConfigError(f"allowed_modules must include 'detection', got {list(allowed_modules)}")
+        direct = Path(str(name)).expanduser()
+        pack = direct if direct.is_dir() else Path(root).expanduser() / "models" / str(name)
+        if not pack.is_dir() and not download:
+            raise ConfigError(
+                f"no insightface model pack at {pack}; put {name} there (insightface downloads it on first use), "
+                "pass download=True to let insightface download it now, or give detector= (e.g. MTCNNDetector())"
+            )
+        app = FaceAnalysis(name=str(name), root=str(root), allowed_modules=modules, **kwargs)
+    app.models["recognition"] = recognizer
+    return app
