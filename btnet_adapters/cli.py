@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
@@ -24,6 +25,7 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btnet_adapters.hub",
     "btnet_adapters.export",
     "btnet_adapters.checkpoints",
+    "btnet_adapters.data.pack",
     "btnet_adapters.evaluate.cli",
     "btnet_adapters.analysis.cli",
     "btnet_adapters.effective",
@@ -52,6 +54,41 @@ def resize_arg(text: str) -> "ResizeSpec":
         return ResizeSpec.parse(text)
     except BTNetError as err:
         raise argparse.ArgumentTypeError(str(err)) from None
+
+
+#: A Sphinx role: ``:func:`~a.b```, ``:class:`title <target>``` (groups: tilde, title, target).
+_ROLE = re.compile(r":(?:py:)?(?:func|meth|class|mod|attr|data|exc|obj|const|ref|doc|term):"
+                   r"`(~?)([^`<]*?)\s*(?:<([^`>]*)>)?`")
+
+
+def plain_text(text: str | None) -> str | None:
+    """Sphinx/reST markup of a docstring as plain text for ``--help``: a role such as
+    ``:func:`~a.b.f``` becomes ``f`` (``:class:`a.B``` → ``a.B``, ``:ref:`title <target>``` →
+    ``title``) and double-backquoted literals lose their backquotes."""
+    if not text:
+        return text
+
+    def role(match: re.Match) -> str:
+        tilde, title, target = match.groups()
+        name = title or target or ""
+        return name.rsplit(".", 1)[-1] if tilde else name
+
+    text = _ROLE.sub(role, text)
+    return re.sub(r"``(.+?)``", r"\1", text, flags=re.S)
+
+
+def plain_help(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
+    """Turn the description, epilog and option help of ``parser`` and of all its sub-command
+    parsers into plain text (:func:`plain_text`); many come from docstrings."""
+    parser.description, parser.epilog = plain_text(parser.description), plain_text(parser.epilog)
+    for action in parser._actions:
+        action.help = plain_text(action.help) if isinstance(action.help, str) else action.help
+        if isinstance(action, argparse._SubParsersAction):
+            for choice in action._choices_actions:
+                choice.help = plain_text(choice.help) if isinstance(choice.help, str) else choice.help
+            for sub in {id(p): p for p in action.choices.values()}.values():
+                plain_help(sub)
+    return parser
 
 
 def build_model(name: str, input_size: int = 112, resolutions: Sequence[int] | None = None):
@@ -152,7 +189,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_inspect)
     for name in COMMAND_MODULES:
         importlib.import_module(name).register(sub)
-    return parser
+    return plain_help(parser)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

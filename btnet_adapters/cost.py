@@ -35,7 +35,7 @@ import torch
 import torch.nn as nn
 from torch.overrides import TorchFunctionMode
 from torch.utils.flop_counter import FlopCounterMode
-from tqdm.auto import tqdm
+from .progress import progress_bar
 
 from ._atomic import atomic_path
 from .errors import ConfigError
@@ -240,7 +240,7 @@ def time_calls(
         for name in names:
             calls[name]()
     times: dict[str, list[float]] = {name: [] for name in names}
-    for i in tqdm(range(repeats), desc=desc, unit="round", disable=not progress, leave=False):
+    for i in progress_bar(range(repeats), desc=desc, unit="round", disable=not progress, leave=False):
         for name in names[i % len(names):] + names[:i % len(names)]:
             start = time.perf_counter()
             calls[name]()

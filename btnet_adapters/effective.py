@@ -273,12 +273,13 @@ def _grey_features(greys: Sequence[np.ndarray], calibration: EffectiveCalibratio
 def _features(pixels: Sequence[torch.Tensor], calibration: EffectiveCalibration,
               progress: bool | None = None) -> np.ndarray:
     """``(N, J)`` features of pixels in :func:`to_pixels` form, in chunks."""
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     size = calibration.analysis_size
     out = np.empty((len(pixels), len(calibration.sides) - 1))
     show = progress or (progress is None and len(pixels) > 4 * _CHUNK)
-    for start in tqdm(range(0, len(pixels), _CHUNK), desc="effective resolution", unit="chunk", disable=not show):
+    for start in progress_bar(range(0, len(pixels), _CHUNK), desc="effective resolution", unit="chunk",
+                              disable=not show):
         chunk = [_grey(p, size) for p in pixels[start:start + _CHUNK]]
         out[start:start + len(chunk)] = _grey_features(chunk, calibration)
     return out
@@ -498,7 +499,7 @@ def calibrate(
     Returns:
         The fitted :class:`EffectiveCalibration` with its calibration accuracy and confusion.
     """
-    from tqdm.auto import tqdm
+    from .progress import progress_bar
 
     sides = sorted(set(int(r) for r in resolutions))
     size = int(analysis_size) if analysis_size is not None else sides[-1]
@@ -515,7 +516,7 @@ def calibrate(
     show = progress or (progress is None and len(faces) > 50)
     features, truth = [], []
     count = 0
-    for face in tqdm(faces, desc="calibrate", unit="image", disable=not show):
+    for face in progress_bar(faces, desc="calibrate", unit="image", disable=not show):
         sharp = np.clip(np.round(_grey(face, size)), 0, 255).astype(np.uint8)
         copies = []
         for spec in specs:

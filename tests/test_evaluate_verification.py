@@ -199,3 +199,40 @@ def test_parse_settings():
     assert s[0].is_cross and not s[2].is_cross
     with pytest.raises(ConfigError):
         parse_settings("112&seven")
+
+
+def test_single_class_fold_warns_naming_the_fold():
+    from btnet_adapters.evaluate.verification import FoldWarning
+
+    rng = np.random.default_rng(5)
+    dist = rng.uniform(0, 4, 40)
+    sorted_pairs = np.arange(40) < 20  # genuine first, then impostors: contiguous folds split by label
+    with pytest.warns(FoldWarning) as caught:
+        kfold_accuracy(dist, sorted_pairs, n_folds=4)
+    assert len(caught) == 1
+    message = str(caught[0].message)
+    assert "fold 0 holds only genuine pairs (10)" in message and "fold 1 holds only genuine pairs (10)" in message
+    assert "fold 2 holds only impostor pairs (10)" in message and "fold 3 holds only impostor pairs (10)" in message
+    assert "sorted by label" in message
+    # one mixed fold among single-class ones: only the single-class folds are named
+    ids = np.array([0] * 10 + [1] * 10 + [2] * 10 + [1] * 10)
+    with pytest.warns(FoldWarning) as caught:
+        kfold_accuracy(dist, sorted_pairs, ids)
+    message = str(caught[0].message)
+    assert "fold 0 holds only genuine" in message and "fold 2 holds only impostor" in message
+    assert "fold 1" not in message
+    with pytest.warns(FoldWarning, match="fold 0 holds only impostor pairs"):  # one fold, one class
+        kfold_accuracy(dist[:6], np.zeros(6, bool), n_folds=1)
+    with pytest.warns(FoldWarning, match=r"… \(10 of 10 folds\).*folds of 1 pair are too small"):
+        kfold_accuracy(dist[:10], np.arange(10) % 2 == 0, n_folds=10)
+    # through evaluate_verification: 2 contiguous folds of a list sorted by label
+    issame = np.arange(8) < 4
+    with pytest.warns(FoldWarning, match="fold 0 holds only genuine pairs \\(4\\); fold 1 holds only impostor"):
+        evaluate_verification(rng.standard_normal((8, 4)), rng.standard_normal((8, 4)), issame, n_folds=2)
+
+
+def test_interleaved_folds_do_not_warn():
+    rng = np.random.default_rng(6)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        kfold_accuracy(rng.uniform(0, 4, 40), np.arange(40) % 2 == 0, n_folds=10)

@@ -67,7 +67,8 @@ def register(subparsers: Any) -> None:
     u.add_argument("--limit", type=int, help="use at most N images, spread evenly over the folder")
     u.add_argument("--batch-size", type=int, default=128, help="images processed together")
     u.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
-    u.add_argument("--quiet", action="store_true", help="no progress bars")
+    u.add_argument("--quiet", action="store_true",
+                    help="no progress (tqdm bars on a terminal, a line every 30 s otherwise)")
     u.set_defaults(func=cmd_upsampling)
 
     c = sub.add_parser("cost", help="FLOPs, stored parameters and CPU latency per path (Fig. 4/5)")
@@ -80,5 +81,6 @@ def register(subparsers: Any) -> None:
     c.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
     c.add_argument("--no-latency", action="store_true", help="skip timing (FLOPs and sizes only)")
     c.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
-    c.add_argument("--quiet", action="store_true", help="no progress bars")
+    c.add_argument("--quiet", action="store_true",
+                    help="no progress (tqdm bars on a terminal, a line every 30 s otherwise)")
     c.set_defaults(func=cmd_cost)

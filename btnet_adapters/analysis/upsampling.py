@@ -465,7 +465,7 @@ def analyse_images(images: Sequence[np.ndarray], resolutions: Sequence[int] = DE
     Returns:
         An :class:`UpsamplingReport`, rows by ascending resolution, values averaged over images.
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     if isinstance(size, bool) or not isinstance(size, int) or size < 3:
         raise ConfigError(f"size must be an integer >= 3, got {size!r}")
@@ -485,8 +485,8 @@ def analyse_images(images: Sequence[np.ndarray], resolutions: Sequence[int] = DE
         raise InputImageError(f"images scaled to {size} px on the longer side must keep at least "
                               f"3 px on the shorter side; got shape {small[0]}")
     stats: dict[str, list[list[np.ndarray]]] = {k: [[] for _ in res] for k in _FIELDS}
-    with tqdm(total=len(refs) * len(res), desc="up-sampling error", unit="img",
-              disable=not progress) as bar:
+    with progress_bar(total=len(refs) * len(res), desc="up-sampling error", unit="img",
+                      disable=not progress) as bar:
         for batch in _groups(refs, batch_size):
             diffs = second_differences(batch)
             for j, r in enumerate(res):
@@ -505,10 +505,10 @@ def analyse_folder(root: str | os.PathLike[str], resolutions: Sequence[int] = DE
                    limit: int | None = None, batch_size: int = 128, progress: bool = True
                    ) -> UpsamplingReport:
     """:func:`analyse_images` on the images under ``root`` (see :func:`list_images`)."""
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     check_resolutions(resolutions, size)
     _check_backend(resize)
     paths = list_images(root, limit)
-    images = [load_luminance(p) for p in tqdm(paths, desc="reading", unit="img", disable=not progress)]
+    images = [load_luminance(p) for p in progress_bar(paths, desc="reading", unit="img", disable=not progress)]
     return analyse_images(images, resolutions, resize, size, batch_size, progress, source=str(root))

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from typing import Any, TypeVar
 from collections.abc import Callable
 
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..errors import ConfigError
 from .errors import CorruptImageError, DatasetError
@@ -124,7 +124,7 @@ class CorruptTracker:
 def find_corrupt(source: FaceSource, progress: bool = True) -> list[tuple[int, str]]:
     """Decode every sample of ``source``; return ``(index, error)`` for those that fail."""
     bad: list[tuple[int, str]] = []
-    for i in tqdm(range(len(source)), desc="checking images", unit="img", disable=not progress):
+    for i in progress_bar(range(len(source)), desc="checking images", unit="img", disable=not progress):
         try:
             source.load(i)
         except CorruptImageError as exc:

@@ -10,10 +10,13 @@ The layout is the one insightface's MS1M / Glint releases use and ``arcface_torc
 
 Next to the pair go ``<name>.classes.json`` (identity names by label, read back by
 :class:`~btnet_adapters.data.sources.RecordIOSource`) and insightface's ``property`` file
-(``K,H,W``) when all images share one size. Every file is written atomically; unreadable
-images are skipped and listed in the returned summary.
+(``K,H,W``) when all images share one size. Every file is written atomically (a temporary
+file, then a rename); an existing ``.rec``, ``.idx`` or ``.classes.json`` is only replaced with
+``overwrite=True`` (``--overwrite``), checked before any image is read. Unreadable images are
+skipped and listed in the returned summary.
 
-Command line: ``python -m btnet_adapters.data.pack SOURCE OUT_DIR [--root R] [--format F]``.
+Command line: ``btnet pack SOURCE OUT_DIR [--root R] [--name N] [--format F] [--overwrite]``
+(also ``python -m btnet_adapters.data.pack ...``).
 """
 
 from __future__ import annotations
@@ -22,19 +25,20 @@ import argparse
 import json
 import logging
 import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
-from ..errors import ConfigError
-from .._atomic import write_text_atomic
+from ..errors import BTNetError, ConfigError, OutputExistsError
+from .._atomic import atomic_path, write_text_atomic
+from ..progress import progress_bar
 from .decode import decode_image, encode_jpeg, encode_png, image_format
 from .errors import CorruptImageError, DatasetError
-from .recordio import IndexedRecordWriter, pack_record
+from .recordio import IndexedRecordWriter, default_idx_path, pack_record
 from .sources import FaceSource, classes_path, open_source
 
 logger = logging.getLogger(__name__)
@@ -72,7 +76,7 @@ def _payload(raw: bytes, image: np.ndarray, fmt: str, quality: int) -> bytes:
 
 def pack_recordio(source: FaceSource, out_dir: str | os.PathLike[str], *, name: str = "train",
                   image_format: str = "auto", jpeg_quality: int = 95,
-                  progress: bool = True) -> PackSummary:
+                  progress: bool = True, overwrite: bool = False) -> PackSummary:
     """Write ``out_dir/<name>.rec`` + ``.idx`` from ``source`` (insightface layout).
 
     Args:
@@ -83,9 +87,14 @@ def pack_recordio(source: FaceSource, out_dir: str | os.PathLike[str], *, name: 
             formats as PNG (lossless); ``"png"`` / ``"jpeg"`` convert everything else to that.
         jpeg_quality: quality of JPEG re-encoding.
         progress: show a tqdm bar.
+        overwrite: replace an existing ``<name>.rec`` / ``.idx`` / ``.classes.json``.
 
     Returns:
         A :class:`PackSummary`; unreadable images are skipped and listed there.
+
+    Raises:
+        OutputExistsError: one of those files exists and ``overwrite`` is off (nothing is read
+            or written then).
     """
     if image_format not in FORMATS:
         raise ConfigError(f"unknown image_format {image_format!r}; accepted: {FORMATS}")
@@ -94,15 +103,24 @@ def pack_recordio(source: FaceSource, out_dir: str | os.PathLike[str], *, name: 
         raise ConfigError(f"{n} images + {k} identities exceed the {MAX_RECORDS} records that the "
                           "format's float32 labels can index exactly")
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
     rec_path = out / f"{name}.rec"
+    existing = [p for p in (rec_path, default_idx_path(rec_path, None), classes_path(rec_path))
+                if os.path.lexists(p)]
+    if existing and not overwrite:
+        raise OutputExistsError(f"{existing[0]} already exists; pass --overwrite (overwrite=True) to replace "
+                                f"{', '.join(p.name for p in existing)}, or choose another --name or folder")
+    out.mkdir(parents=True, exist_ok=True)
     order = np.argsort(source.labels, kind="stable")
     ranges = np.zeros((k, 2), dtype=np.int64)
     skipped: list[tuple[str, str]] = []
     shapes: set[tuple[int, int]] = set()
     key = 1
-    with IndexedRecordWriter(rec_path) as writer:
-        bar = tqdm(order, desc=f"packing {rec_path.name}", unit="img", disable=not progress)
+    names = classes_path(rec_path)
+    # Exit order: the .rec/.idx pair is renamed into place, then the names; an old names file
+    # is removed just before, so new records never sit next to the old identity names.
+    with atomic_path(names) as names_tmp, IndexedRecordWriter(rec_path) as writer:
+        names_tmp.write_text(json.dumps(source.classes, ensure_ascii=False), encoding="utf-8")
+        bar = progress_bar(order, desc=f"packing {rec_path.name}", unit="img", disable=not progress)
         for i in bar:
             label = int(source.labels[i])
             try:
@@ -128,11 +146,48 @@ def pack_recordio(source: FaceSource, out_dir: str | os.PathLike[str], *, name: 
             writer.write(start + label, pack_record([float(ranges[label, 0]),
                                                      float(ranges[label, 1])], id=label))
         writer.write(0, pack_record([float(start), float(start + k)]))
-    write_text_atomic(classes_path(rec_path), json.dumps(source.classes, ensure_ascii=False))
+        names.unlink(missing_ok=True)
     if len(shapes) == 1:
         (h, w), = shapes
         write_text_atomic(out / "property", f"{k},{h},{w}\n")
     return PackSummary(rec_path, writer.idx_path, start - 1, k, skipped)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The options of ``btnet pack`` / ``python -m btnet_adapters.data.pack``."""
+    parser.add_argument("source", help="identity folder, TSV list or .rec to repack")
+    parser.add_argument("out_dir", help="destination folder")
+    parser.add_argument("--root", default=None, help="folder the TSV paths are relative to")
+    parser.add_argument("--name", default="train", help="file stem (default: train)")
+    parser.add_argument("--format", default="auto", choices=FORMATS, dest="image_format")
+    parser.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="replace an existing <name>.rec/.idx/.classes.json (refused by default)")
+    parser.set_defaults(func=run)
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    """Add ``btnet pack`` to the ``btnet`` command."""
+    description = "Pack identity folders, a TSV list or a .rec into an insightface .rec/.idx pair."
+    add_arguments(subparsers.add_parser("pack", help="pack labelled faces into an insightface .rec/.idx pair",
+                                        description=description))
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run the command; returns the exit status (2, with the message on stderr, on a refused
+    overwrite or unusable input)."""
+    try:
+        source = open_source(args.source, root=args.root)
+        summary = pack_recordio(source, args.out_dir, name=args.name, image_format=args.image_format,
+                                jpeg_quality=args.quality, overwrite=args.overwrite)
+    except BTNetError as err:
+        print(f"btnet pack: error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {summary.rec_path} and {summary.idx_path}: {summary.num_images} images, "
+          f"{summary.num_classes} identities, {len(summary.skipped)} skipped")
+    for where, error in summary.skipped:
+        print(f"  skipped {where}: {error}")
+    return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -140,21 +195,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m btnet_adapters.data.pack",
         description="Pack identity folders or a TSV list into an insightface .rec/.idx pair.")
-    parser.add_argument("source", help="identity folder, TSV list or .rec to repack")
-    parser.add_argument("out_dir", help="destination folder")
-    parser.add_argument("--root", default=None, help="folder the TSV paths are relative to")
-    parser.add_argument("--name", default="train", help="file stem (default: train)")
-    parser.add_argument("--format", default="auto", choices=FORMATS, dest="image_format")
-    parser.add_argument("--quality", type=int, default=95, help="JPEG quality when re-encoding")
+    add_arguments(parser)
     args = parser.parse_args(argv)
-    source = open_source(args.source, root=args.root)
-    summary = pack_recordio(source, args.out_dir, name=args.name, image_format=args.image_format,
-                            jpeg_quality=args.quality)
-    print(f"wrote {summary.rec_path} and {summary.idx_path}: {summary.num_images} images, "
-          f"{summary.num_classes} identities, {len(summary.skipped)} skipped")
-    for where, error in summary.skipped:
-        print(f"  skipped {where}: {error}")
-    return 0
+    return run(args)
 
 
 if __name__ == "__main__":

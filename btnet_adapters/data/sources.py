@@ -24,7 +24,7 @@ from typing import Any, ClassVar
 from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from .decode import IMAGE_EXTENSIONS, decode_image
 from .errors import CorruptImageError, DatasetError, MissingDataError, RecordIOError
@@ -354,8 +354,8 @@ class RecordIOSource(FaceSource):
             return None
         labels = np.full(start - 1, -1, dtype=np.int64)
         firsts: list[tuple[int, int]] = []
-        bar = tqdm(ident_keys, desc=f"identities of {self.rec_path.name}", unit="id",
-                   disable=not self.progress or len(ident_keys) < 10_000)
+        bar = progress_bar(ident_keys, desc=f"identities of {self.rec_path.name}", unit="id",
+                           disable=not self.progress or len(ident_keys) < 10_000)
         for j, key in enumerate(bar):
             header = self.reader.read_header(int(key))
             if header.flag < 2:
@@ -387,8 +387,8 @@ class RecordIOSource(FaceSource):
     def _scan_labels(self) -> np.ndarray:
         labels = np.empty(len(self._keys), dtype=np.int64)
         keep = np.ones(len(self._keys), dtype=bool)
-        bar = tqdm(self._keys, desc=f"labels of {self.rec_path.name}", unit="rec",
-                   disable=not self.progress or len(self._keys) < 10_000)
+        bar = progress_bar(self._keys, desc=f"labels of {self.rec_path.name}", unit="rec",
+                           disable=not self.progress or len(self._keys) < 10_000)
         for i, key in enumerate(bar):
             try:
                 labels[i] = _record_label(self.reader.read_header(int(key)),

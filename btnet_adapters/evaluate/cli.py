@@ -341,7 +341,8 @@ def _common(p: argparse.ArgumentParser, resize_default: str) -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--threads", type=int, help="torch CPU threads")
     p.add_argument("--out", default=DEFAULT_OUT, help=f"output folder (default ./{DEFAULT_OUT})")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true",
+                    help="no progress (tqdm bars on a terminal, a line every 30 s otherwise)")
 
 
 def register(subparsers: Any) -> None:
@@ -354,7 +355,8 @@ def register(subparsers: Any) -> None:
     v.add_argument("--pairs", required=True, help="a .bin set, a TSV pair list or LFW pairs.txt")
     v.add_argument("--pairs-format", choices=("auto", "bin", "tsv", "lfw"), default="auto")
     v.add_argument("--settings", default="112&7,112&14,112&28,7&7,14&14,28&28,112&112",
-                   help="comma-separated r1&r2 settings (the second image is resized to r2)")
+                   help="comma-separated r1&r2 settings, quoted in a shell ('112&7,7&7'): the second "
+                        "image is resized to r2, the first to r1 (default: %(default)s)")
     v.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
     v.add_argument("--hr", help="name of the high-resolution baseline for gains "
                                 "(default: the first --baseline)")

@@ -220,7 +220,7 @@ def iter_score_blocks(gallery: Gallery, probes: Any, *, chunk_size: int | None =
     Each chunk of ``probes`` is checked and L2-normalised on its own (no full-size copy);
     the matrix product runs in ``dtype`` (float32 by default, like the reference).
     """
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     if len(gallery) == 0:
         raise EmbeddingError("the gallery is empty")
@@ -230,8 +230,8 @@ def iter_score_blocks(gallery: Gallery, probes: Any, *, chunk_size: int | None =
     rows = chunk_size or max(1, SCORE_BUDGET // len(gallery))
     dt = np.float64 if np.dtype(dtype) == np.float64 else np.float32
     g_t = np.ascontiguousarray(gallery.prototypes.T, dtype=dt)
-    for start in tqdm(range(0, p.shape[0], rows), desc=desc, unit="chunk", leave=False,
-                      disable=None if progress else True):
+    for start in progress_bar(range(0, p.shape[0], rows), desc=desc, unit="chunk", leave=False,
+                              disable=not progress):
         stop = min(start + rows, p.shape[0])
         try:
             chunk = l2_normalize(p[start:stop], "probe embeddings")

@@ -353,10 +353,10 @@ def embed_ijb(model: Any, meta: IJBMeta, *, baselines: Mapping[str, Any] | Seque
     raw: dict[str, np.ndarray] = {}
     paths = {e.name: Counter() for e in embedders}
     sizes, sides = np.empty(n), np.empty(n, dtype=np.int64)
-    from tqdm.auto import tqdm
+    from ..progress import progress_bar
 
     pool = ThreadPoolExecutor(workers) if workers else None
-    bar = tqdm(total=n, desc=f"{meta.target} images", unit="img", disable=not progress)
+    bar = progress_bar(total=n, desc=f"{meta.target} images", unit="img", disable=not progress)
     try:
         for rows in _chunks(n, batch_size):
             views = list(pool.map(prep, rows) if pool else map(prep, rows))

@@ -243,12 +243,13 @@ def degrade(image: np.ndarray, side: int | None, spec: ResizeSpec) -> np.ndarray
 
 
 class _Bar:
-    """A tqdm bar over images, opened lazily (so cached runs show nothing)."""
+    """A progress bar over images (log lines when stderr is not a terminal), opened lazily (so
+    cached runs show nothing)."""
 
     def __init__(self, total: int, desc: str, enabled: bool) -> None:
-        from tqdm.auto import tqdm
+        from ..progress import progress_bar
 
-        self.bar = tqdm(total=total, desc=desc, unit="img", disable=None if enabled else True)
+        self.bar = progress_bar(total=total, desc=desc, unit="img", disable=not enabled)
 
     def update(self, n: int) -> None:
         self.bar.update(n)

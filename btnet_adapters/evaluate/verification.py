@@ -12,6 +12,7 @@ Protocol, exactly:
 * per fold, the threshold with the best accuracy on the other folds (first one on ties) is
   applied to the held-out fold; reported: mean and population std (``np.std``) over folds.
   With a single fold the threshold is chosen and scored on the same pairs (as the reference).
+  A fold holding only genuine or only impostor pairs is named in a :class:`FoldWarning`.
 
 TAR@FAR (1e-4 … 1e-1 by default) is read off the ROC over all pairs, score = cosine
 similarity ``1 − distance/2``, with a named rule (:data:`~.roc.FAR_RULES`; default
@@ -21,6 +22,7 @@ computed. Targets below ``1 / impostor pairs`` cannot be resolved by the data.
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -35,6 +37,12 @@ from .roc import RocCurve, roc_curve, tar_at_far
 DEFAULT_THRESHOLDS = np.arange(0, 4, 0.01)
 #: Default FAR targets for 1:1 verification sets.
 DEFAULT_FARS = (1e-4, 1e-3, 1e-2, 1e-1)
+
+
+class FoldWarning(UserWarning):
+    """A verification fold holds a single class (only genuine or only impostor pairs): its
+    held-out accuracy measures one kind of error only, and the other folds choose its threshold
+    from unbalanced pairs. Usually the pair list is sorted by label; give fold ids or interleave."""
 
 
 @dataclass(frozen=True)
@@ -131,6 +139,7 @@ def kfold_accuracy(dist: Any, issame: Any, folds: Any = None, *, n_folds: int = 
     if ids.size != d.size:
         raise EmbeddingError(f"{ids.size} fold ids for {d.size} pairs")
     fold_ids = np.unique(ids)
+    _warn_single_class(ids, fold_ids, y)
     accs, ths = [], []
     for f in fold_ids:
         test = ids == f
@@ -139,6 +148,25 @@ def kfold_accuracy(dist: Any, issame: Any, folds: Any = None, *, n_folds: int = 
         ths.append(best)
         accs.append(accuracies(d[test], y[test], np.asarray([best]))[0])
     return np.asarray(accs), np.asarray(ths)
+
+
+def _warn_single_class(ids: np.ndarray, fold_ids: np.ndarray, y: np.ndarray) -> None:
+    """One :class:`FoldWarning` naming every fold that holds a single class."""
+    bad = []
+    for f in fold_ids:
+        labels = y[ids == f]
+        if labels.all() or not labels.any():
+            kind = "genuine" if labels.all() else "impostor"
+            bad.append(f"fold {f} holds only {kind} pairs ({labels.size})")
+    if bad:
+        named = "; ".join(bad[:6]) + (f"; … ({len(bad)} of {fold_ids.size} folds)" if len(bad) > 6 else "")
+        smallest = min(int((ids == f).sum()) for f in fold_ids)
+        hint = (f"folds of {smallest} pair{'s' if smallest > 1 else ''} are too small: use fewer folds or more pairs"
+                if smallest < 4 else "is the pair list sorted by label? Give fold ids (e.g. the protocol's) or "
+                "interleave genuine and impostor pairs")
+        warnings.warn(
+            f"verification {named}: such a fold's accuracy counts one kind of error only and its threshold "
+            f"is chosen on unbalanced pairs; {hint}.", FoldWarning, stacklevel=3)
 
 
 def _issame(issame: Any, n: int) -> np.ndarray:

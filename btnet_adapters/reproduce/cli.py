@@ -21,7 +21,7 @@ from .stages import StageInterrupted
 EPILOG = """examples:
   btnet reproduce                                   # bundled ORL faces, CPU, a few minutes
   btnet reproduce --trunk mobilefacenet.safetensors --train faces/train.tsv \\
-                  --pairs faces/pairs.tsv --resolutions 7,14,28 [--openset faces/protocols]
+                  --pairs faces/pairs.tsv --resolutions 7,14,28 --openset faces/protocols  # --openset: optional
 Run the same command again to resume: finished stages (folders with done.json) are reused."""
 
 

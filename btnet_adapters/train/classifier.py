@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
-from tqdm.auto import tqdm
+from ..progress import progress_bar
 
 from ..errors import ConfigError
 from ..heads import MarginHead, create_head
@@ -40,7 +40,7 @@ def embed_dataset(model: BTNet, dataset: Dataset, *, batch_size: int = 128, work
     model.eval()
     embeddings, labels = [], []
     try:
-        for batch in tqdm(loader, desc="embedding training set", unit="batch", disable=not progress):
+        for batch in progress_bar(loader, desc="embedding training set", unit="batch", disable=not progress):
             embeddings.append(model.forward_trunk(batch[0].to(device)).float().cpu())
             labels.append(torch.as_tensor(batch[-1]))
     finally:
@@ -93,7 +93,7 @@ def fit_classifier(model: BTNet, dataset: Dataset, num_classes: int, *, margin: 
     optimizer = torch.optim.SGD(head.parameters(), lr=lr, momentum=0.9)
     rng = np.random.default_rng([seed, 0xC1A5])
     head.train()
-    bar = tqdm(range(epochs), desc="fitting classifier", unit="epoch", disable=not progress or epochs == 0)
+    bar = progress_bar(range(epochs), desc="fitting classifier", unit="epoch", disable=not progress or epochs == 0)
     for epoch in bar:
         order = torch.from_numpy(rng.permutation(len(labels)))
         total = 0.0

@@ -22,11 +22,14 @@ import types
 import typing
 from collections.abc import Callable, Sequence
 from functools import partial
+from pathlib import Path
 from typing import Any
 
-from ..cli import resize_arg
+from ..cli import plain_help, plain_text, resize_arg
 from ..errors import BTNetError
-from .config import BranchConfig, RunConfig, TrunkConfig, load_config
+from .config import BranchConfig, RunConfig, TrunkConfig, fit_default_warmup, load_config
+
+logger = logging.getLogger(__name__)
 
 EXAMPLES = {
     "trunk": "example: btnet train trunk --model btnet_iresnet50 --data faces/ --out runs/trunk --epochs 25 --multires v1",
@@ -103,7 +106,7 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type[RunConfig]) ->
         default = getattr(defaults, f.name)
         shown = json.dumps(default.to_dict()) if hasattr(default, "to_dict") else default
         note = "(required)" if default == "" else f"(default: {shown})"
-        help_text = f"{docs.get(f.name, '')} {note}".strip().replace("%", "%%")
+        help_text = f"{plain_text(docs.get(f.name, ''))} {note}".strip().replace("%", "%%")
         convert, is_bool = _converter(hints[f.name])
         if is_bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
@@ -150,7 +153,15 @@ def config_from_args(kind: str, args: argparse.Namespace) -> RunConfig:
     changes = {k: v for k, v in vars(args).items() if k in names}
     if getattr(args, "resize", None) is not None:
         changes["degradation"] = dataclasses.replace(changes.get("degradation", base.degradation), resize=args.resize)
-    return dataclasses.replace(base, **changes)
+    config = dataclasses.replace(base, **changes)
+    # The default warm-up yields to an explicit --epochs; one the user set (here or in --config) does not.
+    in_file = bool(getattr(args, "config", None)) and "warmup_epochs" in json.loads(
+        Path(args.config).read_text(encoding="utf-8"))
+    explicit = "warmup_epochs" in changes or in_file
+    config, note = fit_default_warmup(config, explicit=explicit)
+    if note:
+        logger.warning(note)
+    return config
 
 
 def run_command(kind: str, args: argparse.Namespace) -> int:
@@ -184,7 +195,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     kinds = parser.add_subparsers(dest="train_command", metavar="{trunk,branch}", required=True)
     for kind in ("trunk", "branch"):
         _build_parser(kinds.add_parser(kind, epilog=EXAMPLES[kind]), kind)
-    args = parser.parse_args(argv)
+    args = plain_help(parser).parse_args(argv)
     return args.func(args)
 
 

@@ -21,7 +21,7 @@ import torch
 
 from ..data import BRANCH_DEGRADATION, PRESETS, TRUNK_DEGRADATION, CorruptPolicy, DegradationSpec
 from .._atomic import write_text_atomic
-from ..errors import ConfigError
+from ..errors import ConfigError, OverlappingPathsError
 from ..heads import HEADS
 
 CONFIG_VERSION = 1
@@ -42,7 +42,8 @@ class RunConfig:
     Args:
         data: training images: identity folders, a ``path<TAB>identity`` list or a RecordIO
             ``.rec`` (or a folder holding ``train.rec`` + ``train.idx``).
-        out: run folder (configuration, checkpoints, log, plot, results).
+        out: run folder (configuration, checkpoints, log, plot, results); it must not be,
+            contain or lie inside an input (data, trunk, weights, classifier).
         data_root: folder the paths of a TSV list are relative to (default: its folder).
         epochs: passes over the data; the learning-rate schedule spans them.
         max_steps: stop after this many optimiser steps (a short run of the same schedule).
@@ -73,6 +74,9 @@ class RunConfig:
     """
 
     kind: ClassVar[str] = "run"
+
+    #: Fields that name files or folders the run reads: ``out`` must not overlap them.
+    INPUT_FIELDS: ClassVar[tuple[str, ...]] = ("data",)
 
     data: str = ""
     out: str = ""
@@ -121,7 +125,8 @@ class RunConfig:
         if not 0 <= self.momentum < 1:
             raise ConfigError(f"momentum must be in [0, 1), got {self.momentum}")
         if self.warmup_epochs > self.epochs:
-            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs})")
+            raise ConfigError(f"warmup_epochs ({self.warmup_epochs}) exceeds epochs ({self.epochs}); set "
+                              f"warmup_epochs (--warmup-epochs) to at most {self.epochs}")
         if self.clip_grad_norm is not None:
             _positive("clip_grad_norm", self.clip_grad_norm)
         if self.amp not in AMP_MODES:
@@ -135,6 +140,7 @@ class RunConfig:
         for name, cls in _NESTED.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigError(f"{name} must be a {cls.__name__}, got {type(getattr(self, name)).__name__}")
+        check_separate(self.out, {name: getattr(self, name) for name in self.INPUT_FIELDS})
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
@@ -200,10 +206,13 @@ class TrunkConfig(RunConfig):
         resolution: the resolution of a ``"mm"`` run.
         sample_rate: Partial FC negative-class sampling rate (1.0: every class).
 
-    Defaults are the reference's (lr 0.2 for a global batch of 512, 25 epochs, 2 warm-up).
+    Defaults are the reference's (lr 0.2 for a global batch of 512, 25 epochs, 2 warm-up). On the
+    command line a default warm-up longer than ``--epochs`` shrinks to the same share of the run
+    (:func:`fit_default_warmup`); an explicit one must fit.
     """
 
     kind: ClassVar[str] = "trunk"
+    INPUT_FIELDS: ClassVar[tuple[str, ...]] = ("data", "init_weights")
 
     model: str = "btnet_iresnet50"
     model_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -262,6 +271,7 @@ class BranchConfig(RunConfig):
     """
 
     kind: ClassVar[str] = "branch"
+    INPUT_FIELDS: ClassVar[tuple[str, ...]] = ("data", "trunk", "trunk_weights", "classifier")
 
     resolution: int = 14
     trunk: str | None = None
@@ -306,6 +316,32 @@ class BranchConfig(RunConfig):
 CONFIG_TYPES: dict[str, type[RunConfig]] = {"trunk": TrunkConfig, "branch": BranchConfig}
 
 
+def fit_default_warmup(config: RunConfig, *, explicit: bool) -> tuple[RunConfig, str | None]:
+    """Shrink a *default* warm-up that is longer than the run (e.g. ``btnet train trunk --epochs 1``
+    with the reference's 2 warm-up epochs of 25).
+
+    When the user did not choose ``warmup_epochs`` (``explicit`` is False), it still has its class
+    default and that exceeds ``epochs``, the warm-up becomes the same share of the run as the
+    default schedule's (``epochs × default warm-up / default epochs``: 2/25 = 8 % for a trunk), so
+    a learning-rate decay still follows. An explicit warm-up is left as it is (:meth:`RunConfig.validate`
+    refuses one that does not fit).
+
+    Returns:
+        ``(config, note)``: the (possibly changed) configuration, and a sentence for the log saying
+        what was changed (``None`` when nothing was).
+    """
+    defaults = type(config)()
+    epochs, warmup = config.epochs, config.warmup_epochs
+    if (explicit or isinstance(epochs, bool) or not isinstance(epochs, (int, float)) or not math.isfinite(epochs)
+            or epochs <= 0 or warmup != defaults.warmup_epochs or warmup <= epochs):
+        return config, None
+    fitted = epochs * defaults.warmup_epochs / defaults.epochs
+    note = (f"warmup_epochs: the default warm-up of {warmup:g} epochs exceeds --epochs {epochs:g}; using "
+            f"{fitted:g} epochs ({100 * defaults.warmup_epochs / defaults.epochs:g} % of the run, as the default "
+            f"schedule's {defaults.warmup_epochs:g} of {defaults.epochs:g}). Set --warmup-epochs to choose another.")
+    return config.replace(warmup_epochs=fitted), note
+
+
 def load_config(path: str | os.PathLike[str]) -> TrunkConfig | BranchConfig:
     """Read a saved configuration of either type (by its ``type`` field)."""
     data = _read_json(path)
@@ -338,3 +374,32 @@ def _non_negative(name: str, value: Any, integer: bool = False) -> None:
     ok = isinstance(value, int) if integer else isinstance(value, (int, float))
     if isinstance(value, bool) or not ok or not math.isfinite(value) or value < 0:
         raise ConfigError(f"{name} must be a non-negative {'integer' if integer else 'number'}, got {value!r}")
+
+
+def check_separate(out: str, inputs: dict[str, str | None]) -> None:
+    """Refuse a run folder ``out`` that is, lies inside or contains one of the ``inputs``
+    (``field name -> path``): writing the run there would replace or delete what the input
+    holds, e.g. the other adapters of a saved model given as the trunk. Symlinks are resolved.
+
+    Raises:
+        OverlappingPathsError: naming both paths.
+    """
+    if not out:
+        return
+    real_out = Path(os.path.realpath(Path(out).expanduser()))
+    for name, value in inputs.items():
+        if not value:
+            continue
+        real_in = Path(os.path.realpath(Path(value).expanduser()))
+        if real_out == real_in:
+            how = "is the same path as"
+        elif real_out.is_relative_to(real_in):
+            how = "lies inside"
+        elif real_in.is_relative_to(real_out):
+            how = "contains"
+        else:
+            continue
+        raise OverlappingPathsError(
+            f"the run folder out={out!r} {how} the input {name}={value!r}: the run writes its checkpoints, "
+            f"configuration and results there and could replace or delete what {name} holds; "
+            "choose an out folder outside it (e.g. a new folder next to it)")

@@ -1,4 +1,5 @@
-"""Feedback of a run: tqdm progress, a JSON-lines log and a plot of the loss curves."""
+"""Feedback of a run: progress (a tqdm bar on a terminal, periodic lines in logs), a JSON-lines
+log and a plot of the loss curves."""
 
 from __future__ import annotations
 
@@ -9,9 +10,8 @@ import time
 from pathlib import Path
 from typing import Any
 
-from tqdm.auto import tqdm
-
 from .._atomic import write_text_atomic
+from ..progress import progress_bar
 
 logger = logging.getLogger(__name__)
 
@@ -38,8 +38,8 @@ class RunMonitor:
         self._last_time = time.perf_counter()
         self._last_step = start
         self._images = 0
-        self.bar = tqdm(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
-                        disable=not (enabled and progress))
+        self.bar = progress_bar(total=total, initial=start, desc=desc, unit="step", dynamic_ncols=True,
+                                disable=not (enabled and progress))
         if enabled:
             self._truncate(start)
 
