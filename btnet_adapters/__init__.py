@@ -5,6 +5,7 @@ Importing the package registers the ``btnet_*`` models and the insightface face 
 """
 
 from . import zoo  # noqa: F401 - timm registration
+from ._version import __version__  # noqa: F401 - re-exported
 from .errors import (
     BTNetError,
     ConfigError,
@@ -16,8 +17,6 @@ from .errors import (
 from .model import BTNet, BranchPlan
 from .resize import ResizeSpec
 from .routing import select_resolution
-
-__version__ = "0.1.0"
 
 __all__ = [
     "BTNet",

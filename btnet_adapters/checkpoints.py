@@ -256,13 +256,13 @@ def btnet_from_arcface_torch(
 
 def register(subparsers: Any) -> None:
     """Add ``btnet import-arcface`` to the ``btnet`` command."""
-    from .cli import _ints
+    from ._parse import int_list
 
     p = subparsers.add_parser("import-arcface", help="turn an insightface arcface_torch checkpoint into a BTNet folder")
     p.add_argument("checkpoint", help="arcface_torch backbone weights (.pt/.pth/.safetensors)")
     p.add_argument("arch", choices=ARCFACE_ARCHS)
     p.add_argument("out_dir", help="folder to write with save_pretrained")
-    p.add_argument("--resolutions", type=_ints, default=[7, 14, 28], help="branch sides (default 7,14,28)")
+    p.add_argument("--resolutions", type=int_list, default=[7, 14, 28], help="branch sides (default 7,14,28)")
     p.add_argument("--license", default=None, help="licence of the weights, for the model card")
     p.add_argument("--non-strict", action="store_true", help="load the matching tensors despite a key mismatch")
     p.add_argument("--overwrite", action="store_true")

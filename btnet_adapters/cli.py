@@ -4,21 +4,24 @@
 backbone name) and routes the bundled ORL faces, down-scaled to assorted sizes, through
 :meth:`BTNet.embed`. Other command groups live next to the code they drive and are registered
 here through their module's ``register(subparsers)``.
+
+This module is the top of the package: no other module of it imports this one. What command
+groups and library code share with it lives below and is re-exported here: option types and
+plain-text help in :mod:`btnet_adapters._parse`, :func:`~btnet_adapters.zoo.build_model` in the
+zoo and :func:`~btnet_adapters.data.orl.orl_faces` with the bundled faces.
 """
 
 from __future__ import annotations
 
 import argparse
 import importlib
-import re
 import sys
 from collections import Counter
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .resize import ResizeSpec
+from ._parse import int_list, plain_help, plain_text, resize_arg  # noqa: F401 - also this module's API
+from .data.orl import ORL_DIR, orl_faces  # noqa: F401 - also this module's API
+from .zoo import build_model
 
 #: Modules that add command groups (``register(subparsers)``).
 COMMAND_MODULES: tuple[str, ...] = (
@@ -33,84 +36,8 @@ COMMAND_MODULES: tuple[str, ...] = (
     "btnet_adapters.reproduce.cli",
 )
 
-ORL_DIR = Path(__file__).resolve().parent / "assets" / "orl"
 #: Widths the ORL faces (92×112) are scaled to by ``btnet inspect``, aspect ratio kept.
 DEMO_WIDTHS = (6, 9, 12, 16, 22, 30, 46, 70, 92, 140)
-
-
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from err
-
-
-def resize_arg(text: str) -> "ResizeSpec":
-    """argparse type of a ``backend:filter:aa|noaa`` resize option (see :meth:`ResizeSpec.parse`)."""
-    from .errors import BTNetError
-    from .resize import ResizeSpec
-
-    try:
-        return ResizeSpec.parse(text)
-    except BTNetError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-#: A Sphinx role: ``:func:`~a.b```, ``:class:`title <target>``` (groups: tilde, title, target).
-_ROLE = re.compile(r":(?:py:)?(?:func|meth|class|mod|attr|data|exc|obj|const|ref|doc|term):"
-                   r"`(~?)([^`<]*?)\s*(?:<([^`>]*)>)?`")
-
-
-def plain_text(text: str | None) -> str | None:
-    """Sphinx/reST markup of a docstring as plain text for ``--help``: a role such as
-    ``:func:`~a.b.f``` becomes ``f`` (``:class:`a.B``` → ``a.B``, ``:ref:`title <target>``` →
-    ``title``) and double-backquoted literals lose their backquotes."""
-    if not text:
-        return text
-
-    def role(match: re.Match) -> str:
-        tilde, title, target = match.groups()
-        name = title or target or ""
-        return name.rsplit(".", 1)[-1] if tilde else name
-
-    text = _ROLE.sub(role, text)
-    return re.sub(r"``(.+?)``", r"\1", text, flags=re.S)
-
-
-def plain_help(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Turn the description, epilog and option help of ``parser`` and of all its sub-command
-    parsers into plain text (:func:`plain_text`); many come from docstrings."""
-    parser.description, parser.epilog = plain_text(parser.description), plain_text(parser.epilog)
-    for action in parser._actions:
-        action.help = plain_text(action.help) if isinstance(action.help, str) else action.help
-        if isinstance(action, argparse._SubParsersAction):
-            for choice in action._choices_actions:
-                choice.help = plain_text(choice.help) if isinstance(choice.help, str) else choice.help
-            for sub in {id(p): p for p in action.choices.values()}.values():
-                plain_help(sub)
-    return parser
-
-
-def build_model(name: str, input_size: int = 112, resolutions: Sequence[int] | None = None):
-    """A zoo model by its ``btnet_*`` name, or any timm backbone converted with :meth:`BTNet.from_timm`."""
-    import timm
-
-    from . import BTNet
-
-    if name.startswith("btnet_"):
-        kwargs = {"resolutions": list(resolutions)} if resolutions else {}
-        return timm.create_model(name, **kwargs)
-    return BTNet.from_timm(name, input_size=input_size, resolutions=resolutions)
-
-
-def orl_faces(per_subject: int = 1, root: Path = ORL_DIR) -> list:
-    """The bundled ORL faces (92×112 grey PIL images), ``per_subject`` from each of the 40 people."""
-    from PIL import Image
-
-    if not root.is_dir():
-        raise FileNotFoundError(f"the bundled ORL faces are missing from {root}; reinstall btnet-adapters")
-    subjects = sorted(root.glob("s*"), key=lambda p: int(p.name[1:]))
-    return [Image.open(subject / f"{i}.pgm").copy() for subject in subjects for i in range(1, per_subject + 1)]
 
 
 def _plan_lines(model) -> list[str]:
@@ -179,8 +106,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("inspect", help="print the branch plan and costs of a model and route sample faces")
     p.add_argument("model", help="a btnet_* zoo name (btnet_resnet50 …) or any timm backbone name")
     p.add_argument("--input-size", type=int, default=112)
-    p.add_argument("--resolutions", type=_ints, default=None, help="branch sides, e.g. 7,14,28 (default: the zoo's / all)")
-    p.add_argument("--batch-sizes", type=_ints, default=[1], help="batch sizes to time (default 1)")
+    p.add_argument("--resolutions", type=int_list, default=None, help="branch sides, e.g. 7,14,28 (default: the zoo's / all)")
+    p.add_argument("--batch-sizes", type=int_list, default=[1], help="batch sizes to time (default 1)")
     p.add_argument("--repeats", type=int, default=5, help="timed runs per path (median reported)")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--no-latency", action="store_true", help="skip timing (FLOPs and sizes only)")

@@ -542,7 +542,7 @@ def calibrate(
 
 def calibrate_orl(progress: bool | None = None) -> EffectiveCalibration:
     """Recompute the bundled default calibration from the ORL faces shipped with the package."""
-    from .cli import orl_faces
+    from .data.orl import orl_faces
 
     return calibrate(orl_faces(per_subject=10), DEFAULT_SIDES, CALIBRATION_DEGRADATIONS, enlarge=DEFAULT_ENLARGE,
                      jpeg_qualities=CALIBRATION_JPEG_QUALITIES, source=_ORL_CALIBRATION["source"], progress=progress)
@@ -603,7 +603,7 @@ def _jpeg_qualities(text: str) -> list[int | None]:
 
 def register(subparsers: Any) -> None:
     """Add ``btnet effective estimate|calibrate`` to the ``btnet`` command."""
-    from .cli import _ints
+    from ._parse import int_list
 
     parser = subparsers.add_parser("effective", help="effective (optical) resolution of face images")
     sub = parser.add_subparsers(dest="effective_command", required=True)
@@ -614,7 +614,7 @@ def register(subparsers: Any) -> None:
     cal = sub.add_parser("calibrate", help="fit the estimator on your own sharp faces")
     cal.add_argument("images", nargs="+", help="sharp face images or folders")
     cal.add_argument("--out", required=True, help="calibration JSON to write")
-    cal.add_argument("--resolutions", type=_ints,
+    cal.add_argument("--resolutions", type=int_list,
                      default=list(DEFAULT_SIDES), help="candidate sides, e.g. 7,14,28,56,112")
     cal.add_argument("--jpeg", type=_jpeg_qualities,
                      default=list(CALIBRATION_JPEG_QUALITIES),

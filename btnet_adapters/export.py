@@ -448,13 +448,13 @@ def standalone_onnx(onnx_dir: str | os.PathLike, resolution: int, out_path: str 
 
 def register(subparsers: Any) -> None:
     """Add ``btnet export`` to the ``btnet`` command."""
-    from .cli import _ints
+    from ._parse import int_list
 
     p = subparsers.add_parser(
         "export", help="export a saved BTNet to ONNX: one graph per resolution over one shared weight file")
     p.add_argument("src", help="folder written by save_pretrained, or a Hub repo id")
     p.add_argument("out_dir", help=f"folder for btnet_r{{r}}.onnx graphs, {DATA_NAME} and {MANIFEST_NAME}")
-    p.add_argument("--resolutions", type=_ints, default=None, help="sides to export, e.g. 14,112 (default: all)")
+    p.add_argument("--resolutions", type=int_list, default=None, help="sides to export, e.g. 14,112 (default: all)")
     p.add_argument("--opset", type=int, default=17)
     p.add_argument("--overwrite", action="store_true", help="replace existing files in out_dir")
     p.set_defaults(func=_cmd_export)

@@ -103,7 +103,8 @@ ADAPTER_WEIGHTS_NAME = "adapter_model.safetensors"
 CARD_NAME = "README.md"
 #: timm architecture recorded for models whose backbone has no ``btnet_*`` zoo entry.
 GENERIC_ARCHITECTURE = "btnet"
-#: Model arguments that decide the trunk's structure (an adapter needs them equal).
+#: Model arguments that decide the trunk's structure (an adapter needs them equal once
+#: normalised: defaults filled in, tuples as lists; see :func:`_normalised_structure`).
 STRUCTURE_KEYS = ("backbone", "input_size", "embed_dim", "head", "remove", "backbone_kwargs")
 DEFAULT_ROUTING = {"indicator": "max", "strategy": "ceil"}
 _ADAPTER_KIND = "btnet-adapter"
@@ -169,7 +170,7 @@ def _nbytes(tensors: Mapping[str, torch.Tensor]) -> int:
 
 # --------------------------------------------------------------------------- small helpers
 def _library_version() -> str:
-    from . import __version__
+    from ._version import __version__
 
     return __version__
 
@@ -286,7 +287,7 @@ def _architecture(model: BTNet) -> str:
     """The timm name that rebuilds ``model`` from ``model_args`` (zoo entry or the generic one)."""
     import timm
 
-    from .zoo import ZOO
+    from ._zoo_table import ZOO
 
     name = (getattr(model, "pretrained_cfg", None) or {}).get("architecture")
     if isinstance(name, str) and name.startswith("btnet") and timm.is_model(name):
@@ -329,7 +330,126 @@ def _plan_record(model: BTNet, resolution: int) -> dict[str, Any]:
 
 
 def _structure(model_args: Mapping[str, Any]) -> dict[str, Any]:
+    """The :data:`STRUCTURE_KEYS` of ``model_args`` as given (what an adapter's ``base_model`` records)."""
     return {k: _jsonable(model_args.get(k)) for k in STRUCTURE_KEYS}
+
+
+def _plain_json(value: Any) -> bool:
+    """Whether a parameter default is plain JSON: ``None``, a bool, number or string, or lists of them."""
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return True
+    return isinstance(value, (list, tuple)) and all(_plain_json(v) for v in value)
+
+
+def _keywords_set_by(fn: Any, depth: int = 0, seen: set[Any] | None = None) -> set[str]:
+    """Names that a timm entry point, or a same-module helper it calls, passes as keywords itself
+    (``layers=``, ``channels=``, ``channel_multiplier=`` of a variant): there the class's default is
+    not the variant's, so it is never filled in. Any tuple of strings counts (an over-estimate,
+    which only leaves more arguments compared as given)."""
+    import types
+
+    seen = set() if seen is None else seen
+    code = getattr(fn, "__code__", None)
+    if code is None or depth > 4 or fn in seen:
+        return set()
+    seen.add(fn)
+    names: set[str] = set()
+    codes = [code]
+    while codes:
+        current = codes.pop()
+        for const in current.co_consts:
+            if isinstance(const, types.CodeType):
+                codes.append(const)
+            elif isinstance(const, tuple) and all(isinstance(c, str) for c in const):
+                names.update(const)
+        for name in current.co_names:
+            obj = fn.__globals__.get(name)
+            if isinstance(obj, types.FunctionType) and obj.__module__ == fn.__module__:
+                names |= _keywords_set_by(obj, depth + 1, seen)
+    return names
+
+
+def _backbone_defaults(backbone: Any) -> dict[str, Any]:
+    """The JSON defaults of the arguments the timm entry point ``backbone`` passes on to its model
+    (:func:`btnet_adapters._untrusted.backbone_parameters`) and does not set itself; ``{}`` for
+    a backbone timm does not know."""
+    from timm.models import model_entrypoint
+
+    from ._untrusted import LOADING_ARGUMENTS, backbone_parameters
+
+    if not isinstance(backbone, str):
+        return {}
+    try:
+        params = backbone_parameters(backbone)
+        fixed = _keywords_set_by(model_entrypoint(backbone))
+    except (KeyError, RuntimeError, ValueError, TypeError, AttributeError):
+        return {}
+    return {name: _jsonable(p.default) for name, p in params.items()
+            if name not in fixed and name not in LOADING_ARGUMENTS and _plain_json(p.default)}
+
+
+def _normalised_structure(model_args: Mapping[str, Any], model_cls: type) -> dict[str, Any]:
+    """:func:`_structure` as the architecture it builds, to compare two records of one trunk.
+
+    An argument left out (``None``) takes its default in ``model_cls.__init__`` (BTNet's), and
+    ``backbone_kwargs`` are completed with the defaults of the backbone's entry point
+    (:func:`_backbone_defaults`), so a default spelled out equals one left out; tuples are lists.
+    Arguments naming where weights come from (``pretrained``, ``checkpoint_path``, …
+    :data:`~btnet_adapters._untrusted.LOADING_ARGUMENTS`) are dropped: the trunk fingerprint covers
+    the weights. Not filled in, so compared as given: defaults that are not plain JSON (layer
+    classes) and arguments an entry point sets itself (timm ``resnet50``'s ``layers``).
+    """
+    from ._untrusted import LOADING_ARGUMENTS
+
+    out = _structure(model_args)
+    own = init_parameters(model_cls)
+    for key, value in out.items():
+        default = getattr(own.get(key), "default", None)
+        if value is None and key != "backbone_kwargs" and default is not None and _plain_json(default):
+            out[key] = _jsonable(default)
+    kwargs = {} if out["backbone_kwargs"] is None else out["backbone_kwargs"]
+    if isinstance(kwargs, dict):
+        kwargs = {**_backbone_defaults(out["backbone"]),
+                  **{k: v for k, v in kwargs.items() if k not in LOADING_ARGUMENTS}}
+        if out["head"] != "backbone" and "num_classes" in kwargs:
+            kwargs["num_classes"] = 0  # BTNet's own head: the backbone is always built without classes
+        kwargs = dict(sorted(kwargs.items()))
+    out["backbone_kwargs"] = kwargs
+    return out
+
+
+def _same(a: Any, b: Any) -> bool:
+    """Equal as JSON values: lists and tuples alike, ``1 == 1.0``, but ``true != 1``."""
+    if isinstance(a, bool) or isinstance(b, bool):
+        return type(a) is type(b) and a == b
+    if isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        return len(a) == len(b) and all(_same(x, y) for x, y in zip(a, b))
+    if isinstance(a, dict) and isinstance(b, dict):
+        return a.keys() == b.keys() and all(_same(a[k], b[k]) for k in a)
+    if isinstance(a, (int, float)) and isinstance(b, (int, float)):
+        return a == b
+    return type(a) is type(b) and a == b
+
+
+def _structure_diff(theirs: Mapping[str, Any], ours: Mapping[str, Any]) -> list[str]:
+    """What differs between two :func:`_normalised_structure` records, as ``"key: adapter …, model …"``
+    lines: ``backbone_kwargs`` per argument, and not at all between two backbones (whose
+    arguments do not compare)."""
+
+    def text(record: Mapping[str, Any], key: str) -> str:
+        return f"{record[key]!r:.200}" if key in record else "not given"
+
+    lines = []
+    for key in STRUCTURE_KEYS:
+        a, b = theirs.get(key), ours.get(key)
+        if key == "backbone_kwargs" and not _same(theirs.get("backbone"), ours.get("backbone")):
+            continue
+        if key == "backbone_kwargs" and isinstance(a, dict) and isinstance(b, dict):
+            lines += [f"{key}.{k}: adapter {text(a, k)}, model {text(b, k)}" for k in sorted(set(a) | set(b), key=str)
+                      if k not in a or k not in b or not _same(a[k], b[k])]
+        elif not _same(a, b):
+            lines.append(f"{key}: adapter {a!r:.200}, model {b!r:.200}")
+    return lines
 
 
 def _check_resolutions(model: BTNet, resolutions: Sequence[int] | None) -> list[int]:
@@ -954,9 +1074,8 @@ def check_saved_model_args(model_args: Any, origin: str) -> dict[str, Any]:
         ArtifactLimitError: ``input_size``, ``embed_dim``, ``num_classes``, ``resolutions`` or an
             architecture value beyond its limit.
     """
-    from .model import BTNet
-
-    return check_model_args(model_args, f"config.json of {origin}: model_args", parameters=init_parameters(BTNet),
+    return check_model_args(model_args, f"config.json of {origin}: model_args",
+                            parameters=init_parameters(_model_class(None)),
                             error=UnsafeArtifactError, limit_error=ArtifactLimitError)
 
 
@@ -1096,8 +1215,6 @@ def from_pretrained(
             :class:`ArtifactLimitError` (subclasses) for refused arguments and sizes;
             :class:`FingerprintMismatchError` for another trunk.
     """
-    from .model import BTNet
-
     files = [CONFIG_NAME, WEIGHTS_NAME, *([CLASSIFIER_NAME] if classifier else [])]
     root, origin, repo_id = _resolve(src, files, revision, cache_dir, token)
     config = _read_json(root / CONFIG_NAME, f"config.json of {origin}")
@@ -1106,7 +1223,7 @@ def from_pretrained(
     wanted = _wanted(resolutions, [int(r) for r in section.get("resolutions", [])], origin)
     args = {**config["model_args"], "resolutions": wanted, "num_classes": 0}
     try:
-        model = (model_cls or BTNet)(**args)
+        model = _model_class(model_cls)(**args)
     except (BTNetError, KeyError, TypeError) as err:
         raise ArtifactError(f"cannot rebuild the model described by {origin}: {type(err).__name__}: {err}") from err
     _load_artifact(model, root, section, origin, force)
@@ -1204,6 +1321,17 @@ def _adapter_folder(root: Path, resolution: int | None, subfolder: str | None, o
 
 
 def _check_adapter(model: BTNet, config: Mapping[str, Any], resolution: int | None, what: str, force: bool) -> int:
+    """The resolution of the adapter ``config`` once it is known to be made for ``model``'s trunk.
+
+    Its format, resolution and input size must fit. Its trunk is compared by architecture
+    (:data:`STRUCTURE_KEYS`, normalised by :func:`_normalised_structure`: a default spelled out
+    equals one left out) and by fingerprint. Arguments that still differ are accepted when the
+    fingerprint is the model's (the very trunk, only described differently). Otherwise another
+    architecture or another trunk raises :class:`ArtifactError` /
+    :class:`FingerprintMismatchError`; ``force=True`` turns both into warnings, and loading then
+    still checks every tensor's name and shape against the model, all or nothing, so an adapter
+    that cannot fit is refused all the same.
+    """
     if config.get("format") != _ADAPTER_KIND:
         raise ArtifactError(f"{what} is not a BTNet adapter config (format {config.get('format')!r})")
     _check_version(config, what)
@@ -1220,20 +1348,22 @@ def _check_adapter(model: BTNet, config: Mapping[str, Any], resolution: int | No
     base = config.get("base_model") or {}
     if not isinstance(base, dict) or not isinstance(base.get("model_args") or {}, dict):
         raise ArtifactError(f"{what}: base_model must be an object with model_args, got {base!r:.200}")
-    theirs, ours = base.get("model_args") or {}, _structure(model.config())
-    diff = {k: (theirs.get(k), ours[k]) for k in STRUCTURE_KEYS if theirs.get(k) != ours[k]}
+    diff = _structure_diff(_normalised_structure(base.get("model_args") or {}, type(model)),
+                           _normalised_structure(model.config(), type(model)))
     ours_fp = trunk_fingerprint(model)
-    # Arguments spelled differently (a default given explicitly) are fine when the trunk is the
-    # very one the adapter was trained on: same parameter names, shapes and values.
+    # Arguments the signatures cannot settle (an entry point's own value spelled out) are fine
+    # when the trunk is the very one the adapter was trained on: same names, shapes and values.
     if diff and base.get("trunk_fingerprint") != ours_fp:
-        raise ArtifactError(
-            f"{what} was made for another trunk architecture ({base.get('architecture')}); differences "
-            f"(adapter, model): {diff}"
-        )
+        message = (f"{what} was made for another trunk architecture ({base.get('architecture')}); differences: "
+                   f"{'; '.join(diff[:8])}{f'; … ({len(diff) - 8} more)' if len(diff) > 8 else ''}")
+        if not force:
+            raise ArtifactError(f"{message}. Pass force=True to try it anyway (every tensor's name and shape is "
+                                "still checked, nothing is loaded unless all fit)")
+        warnings.warn(f"{message}; trying anyway (force=True)", stacklevel=3)
     if base.get("trunk_fingerprint") != ours_fp:
         _fingerprint_problem(
             f"{what} was trained on trunk {base.get('trunk_fingerprint')}, but this model's trunk is {ours_fp}", force,
-            stacklevel=4)
+            stacklevel=3)  # the caller of load_adapter
     return r
 
 
@@ -1252,8 +1382,10 @@ def load_adapter(
 
     ``src`` is a folder or Hub repo id holding either ``adapters/r{r}/`` (a full artifact or an
     adapters-only upload) or ``adapter_config.json`` at its top (an adapter published alone).
-    The adapter must have been made for this trunk architecture; a different trunk fingerprint
-    is refused unless ``force=True``. On any error the model is left as it was.
+    The adapter must have been made for this trunk: another architecture (compared with defaults
+    filled in, so spelled-out defaults match omitted ones) or another trunk fingerprint is
+    refused unless ``force=True``, which warns and tries; every tensor is still checked, and on
+    any error the model is left as it was.
 
     Returns:
         The loaded resolution.
@@ -1290,6 +1422,29 @@ def _install_branch(model: BTNet, r: int, tensors: dict[str, torch.Tensor], plan
         raise ArtifactError(f"{what} does not fit the model: {err}") from err
 
 
+# --------------------------------------------------------------------------- model class
+#: The class :func:`from_pretrained` builds when given no ``model_cls``, and whose arguments
+#: :func:`check_saved_model_args` accepts: :class:`~btnet_adapters.model.BTNet`, which names itself
+#: here when it is defined (:func:`default_model_class`). The hub sits below the model and never
+#: imports it.
+_default_model_cls: type[BTNet] | None = None
+
+
+def default_model_class(cls: type[BTNet]) -> type[BTNet]:
+    """Class decorator: ``cls`` becomes the class the module-level :func:`from_pretrained` builds."""
+    global _default_model_cls
+    _default_model_cls = cls
+    return cls
+
+
+def _model_class(model_cls: type[BTNet] | None) -> type[BTNet]:
+    if model_cls is not None:
+        return model_cls
+    if _default_model_cls is None:  # unreachable through `import btnet_adapters…`: the package defines BTNet
+        raise ConfigError("no model class is registered: import btnet_adapters (it defines BTNet) or pass model_cls=")
+    return _default_model_cls
+
+
 # --------------------------------------------------------------------------- mixin
 class HubMixin:
     """Hub methods for :class:`~btnet_adapters.model.BTNet` (``class BTNet(HubMixin, nn.Module)``)."""
@@ -1320,14 +1475,14 @@ class HubMixin:
 # --------------------------------------------------------------------------- command line
 def register(subparsers: Any) -> None:
     """Add ``btnet push`` to the ``btnet`` command."""
-    from .cli import _ints
+    from ._parse import int_list
 
     p = subparsers.add_parser("push", help="upload a saved BTNet (or only its adapters) to the Hugging Face Hub")
     p.add_argument("src", help="folder written by save_pretrained (its metrics and licence are kept)")
     p.add_argument("repo_id", help="target Hub repo, e.g. me/btnet-mfn")
     p.add_argument("--private", action="store_true", help="create the repo private")
     p.add_argument("--adapters-only", action="store_true", help="upload only adapters/ and a model card")
-    p.add_argument("--resolutions", type=_ints, default=None, help="adapters to upload, e.g. 7,14 (default: all)")
+    p.add_argument("--resolutions", type=int_list, default=None, help="adapters to upload, e.g. 7,14 (default: all)")
     p.add_argument("--token", default=None, help="Hub token (default: the logged-in one)")
     p.set_defaults(func=_cmd_push)
 

@@ -25,7 +25,7 @@ import torch.nn.functional as F
 from . import paths, routing, surgery
 from .errors import ConfigError, InputImageError, ResolutionError, UnsupportedBackboneError
 from .heads import HEADS, create_head
-from .hub import HubMixin
+from .hub import HubMixin, default_model_class
 from .images import image_list, to_pixels
 from .progress import progress_bar
 from .resize import ResizeSpec, resize_tensor
@@ -182,6 +182,7 @@ def _eval(module: nn.Module) -> Iterator[None]:
             module._sync_paths()
 
 
+@default_model_class  # what btnet_adapters.hub.from_pretrained builds (the hub does not import the model)
 class BTNet(HubMixin, nn.Module):
     """A face embedding network that takes any input resolution.
 

@@ -16,27 +16,17 @@ safetensors reads, trunk fingerprint) instead of timm's unchecked loader.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
+import timm
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from . import backbones  # noqa: F401 - registers iresnet*/mobilefacenet with timm
 from . import hub
+from ._zoo_table import DEFAULT_RESOLUTIONS, ZOO  # noqa: F401 - the zoo's table, kept low for the hub
 from .errors import ConfigError
 from .model import BTNet
-
-#: Defaults of each registered BTNet (JSON-serialisable BTNet arguments).
-ZOO: dict[str, dict[str, Any]] = {
-    # timm's stem max-pool removed: the face-standard 56/28/14/7 pyramid at 112.
-    "btnet_resnet50": dict(backbone="resnet50", remove=["maxpool"]),
-    "btnet_resnet18": dict(backbone="resnet18", remove=["maxpool"]),
-    "btnet_iresnet50": dict(backbone="iresnet50", head="backbone"),
-    "btnet_iresnet100": dict(backbone="iresnet100", head="backbone"),
-    "btnet_mobilefacenet": dict(backbone="mobilefacenet", head="backbone"),
-    "btnet_convnext_atto": dict(backbone="convnext_atto"),
-    "btnet_efficientnet_b0": dict(backbone="efficientnet_b0"),
-}
-DEFAULT_RESOLUTIONS = [7, 14, 28]
 
 
 def _cfg(**kwargs: Any) -> dict[str, Any]:
@@ -153,3 +143,11 @@ def btnet(pretrained: bool = False, **kwargs: Any) -> BTNet:
         raise ConfigError("btnet needs backbone=, e.g. timm.create_model('btnet', backbone='convnext_tiny')")
     kwargs.setdefault("resolutions", DEFAULT_RESOLUTIONS)
     return _build("btnet", pretrained, kwargs)
+
+
+def build_model(name: str, input_size: int = 112, resolutions: Sequence[int] | None = None) -> BTNet:
+    """A zoo model by its ``btnet_*`` name, or any timm backbone converted with :meth:`BTNet.from_timm`."""
+    if name.startswith("btnet_"):
+        kwargs = {"resolutions": list(resolutions)} if resolutions else {}
+        return timm.create_model(name, **kwargs)
+    return BTNet.from_timm(name, input_size=input_size, resolutions=resolutions)

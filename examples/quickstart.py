@@ -8,7 +8,7 @@ import torch
 
 import btnet_adapters  # noqa: F401 - registers the btnet_* models with timm
 from btnet_adapters import BTNet
-from btnet_adapters.cli import orl_faces
+from btnet_adapters.data.orl import orl_faces
 
 
 def main() -> None:

@@ -260,8 +260,13 @@ def test_foreign_trunk_fingerprint(saved: Path) -> None:
 
 def test_foreign_architecture(saved: Path) -> None:
     other = BTNet.from_timm("resnet18", remove=["maxpool"], resolutions=(14,))
-    with pytest.raises(ArtifactError, match="another trunk architecture"):
+    with pytest.raises(ArtifactError, match="another trunk architecture.*backbone: adapter 'mobilefacenet'"):
+        load_adapter(other, saved, resolution=7)
+    # force=True tries it (with a warning), but the adapter's modules and tensors still do not fit
+    with pytest.warns(UserWarning) as caught, pytest.raises(ArtifactError, match="does not fit"):
         load_adapter(other, saved, resolution=7, force=True)
+    messages = " ".join(str(w.message) for w in caught)
+    assert "another trunk architecture" in messages and "trained on trunk" in messages
     assert other.branch_resolutions == (14,)
 
 
@@ -274,9 +279,11 @@ def test_same_trunk_with_defaults_spelled_out(model: BTNet, saved: Path) -> None
     assert explicit.config()["backbone_kwargs"] != model.config()["backbone_kwargs"]
     assert load_adapter(explicit, saved, resolution=14) == 14
     assert torch.equal(outputs(explicit)[14], outputs(model)[14])
-    perturb(explicit.trunk, 3)  # another trunk and other arguments: refused, even with force
-    with pytest.raises(ArtifactError, match="another trunk architecture"):
-        load_adapter(explicit, saved, resolution=7, force=True)
+    perturb(explicit.trunk, 3)  # another trunk of the same architecture: only its fingerprint differs
+    with pytest.raises(FingerprintMismatchError):
+        load_adapter(explicit, saved, resolution=7)
+    with pytest.warns(UserWarning, match="force=True"):
+        assert load_adapter(explicit, saved, resolution=7, force=True) == 7
 
 
 def test_generic_architecture_record(tmp_path: Path) -> None:

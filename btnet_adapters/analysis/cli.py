@@ -13,7 +13,7 @@ import argparse
 from pathlib import Path
 from typing import Any, Sequence
 
-from ..cli import _ints
+from .._parse import int_list
 
 DEFAULT_OUT = "btnet_analysis"
 
@@ -57,7 +57,7 @@ def register(subparsers: Any) -> None:
     u = sub.add_parser("upsampling-error",
                        help="bilinear up-sampling error of your images vs resolution (Fig. 1)")
     u.add_argument("dir", help="image folder (flat or one sub-folder per identity)")
-    u.add_argument("--resolutions", type=_ints, default=list(DEFAULT_RESOLUTIONS),
+    u.add_argument("--resolutions", type=int_list, default=list(DEFAULT_RESOLUTIONS),
                    help="sides to down-sample to, in [2, --size] "
                         f"(default {','.join(map(str, DEFAULT_RESOLUTIONS))})")
     u.add_argument("--resize", default="cv2:bilinear:noaa",
@@ -74,8 +74,8 @@ def register(subparsers: Any) -> None:
     c = sub.add_parser("cost", help="FLOPs, stored parameters and CPU latency per path (Fig. 4/5)")
     c.add_argument("model", help="a btnet_* zoo name (btnet_iresnet50 …) or any timm backbone name")
     c.add_argument("--input-size", type=int, default=112)
-    c.add_argument("--resolutions", type=_ints, help="branch sides, e.g. 7,14,28 (default: the zoo's / all)")
-    c.add_argument("--batch-sizes", type=_ints, default=[1], help="batch sizes to time (default 1)")
+    c.add_argument("--resolutions", type=int_list, help="branch sides, e.g. 7,14,28 (default: the zoo's / all)")
+    c.add_argument("--batch-sizes", type=int_list, default=[1], help="batch sizes to time (default 1)")
     c.add_argument("--repeats", type=int, default=20, help="timed runs per path (median reported)")
     c.add_argument("--warmup", type=int, default=3, help="untimed runs per path first")
     c.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")

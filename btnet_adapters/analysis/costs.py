@@ -62,7 +62,7 @@ def analyse_model(model: Any, input_size: int = 112, resolutions: Sequence[int] 
 
     Args:
         model: a :class:`~btnet_adapters.BTNet`, or a name for
-            :func:`btnet_adapters.cli.build_model` (``btnet_iresnet50``, ``convnext_atto`` …),
+            :func:`btnet_adapters.zoo.build_model` (``btnet_iresnet50``, ``convnext_atto`` …),
             built with random weights (seed 0).
         input_size: trunk input side when building from a timm name.
         resolutions: branch sides when building (default: the zoo's, or every pyramid level).
@@ -76,7 +76,7 @@ def analyse_model(model: Any, input_size: int = 112, resolutions: Sequence[int] 
     """
     with num_threads(threads):
         if isinstance(model, str):
-            from ..cli import build_model
+            from ..zoo import build_model
 
             torch.manual_seed(0)
             model = build_model(model, input_size, resolutions)

@@ -2,7 +2,7 @@
 
 Models (``--model``, ``--baseline``) are given as
 
-* a ``btnet_*`` zoo name or any timm backbone name (:func:`btnet_adapters.cli.build_model`);
+* a ``btnet_*`` zoo name or any timm backbone name (:func:`btnet_adapters.zoo.build_model`);
 * a folder written by ``save_pretrained`` (needs :mod:`btnet_adapters.hub`);
 * a ``.safetensors`` trunk file with ``--trunk-arch`` (a timm name, e.g. ``mobilefacenet``) and
   ``--trunk-kwargs`` (e.g. ``num_features=128,scale=1``): the timm model is built, the file
@@ -21,6 +21,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
+from .._parse import int_list
 from ..errors import ConfigError
 from ..resize import ResizeSpec
 from ..routing import INDICATORS, STRATEGIES
@@ -67,7 +68,7 @@ def _trunk_btnet(path: Path, arch: str, kwargs: dict[str, Any],
     import torch
     from safetensors.torch import load_file
 
-    from .. import BTNet
+    from ..model import BTNet
 
     trunk = timm.create_model(arch, **kwargs)
     try:
@@ -113,7 +114,7 @@ def load_model(spec: str, *, trunk_arch: str | None = None, trunk_kwargs: str | 
     if path.suffix or "/" in spec or "\\" in spec:
         raise ConfigError(f"model {spec!r} not found: give a btnet_*/timm name, a saved folder, "
                           f"a .safetensors trunk (with --trunk-arch) or an .onnx file")
-    from ..cli import build_model
+    from ..zoo import build_model
 
     try:
         return build_model(spec, input_size, resolutions).eval()
@@ -319,13 +320,6 @@ def _threads(n: int | None) -> None:
 
 
 # --------------------------------------------------------------------------- argparse
-def _ints(text: str) -> list[int]:
-    try:
-        return [int(t) for t in text.split(",") if t.strip()]
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
-
-
 def _common(p: argparse.ArgumentParser, resize_default: str) -> None:
     p.add_argument("--model", required=True,
                    help="[NAME=]btnet_*/timm name, saved folder, .safetensors trunk or .onnx")
@@ -333,7 +327,7 @@ def _common(p: argparse.ArgumentParser, resize_default: str) -> None:
                    help="an up-sampling baseline (repeatable), same kinds as --model")
     p.add_argument("--trunk-arch", help="timm name of the network in a .safetensors trunk file")
     p.add_argument("--trunk-kwargs", help="its arguments, e.g. num_features=128,scale=1")
-    p.add_argument("--resolutions", type=_ints, help="branch sides of a built model, e.g. 7,14,28")
+    p.add_argument("--resolutions", type=int_list, help="branch sides of a built model, e.g. 7,14,28")
     p.add_argument("--input-size", type=int, default=112)
     p.add_argument("--images", help="folder the list's relative image paths are relative to")
     p.add_argument("--resize", default=resize_default,

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from ..cli import resize_arg
+from .._parse import resize_arg
 from ..errors import BTNetError
 from .config import ReproduceConfig
 from .stages import StageInterrupted

@@ -27,10 +27,9 @@ from PIL import Image
 
 from .._atomic import write_bytes_atomic, write_text_atomic
 from ..data.decode import encode_png
+from ..data.orl import ORL_DIR  # the bundled ORL faces (package data)
 from ..errors import ConfigError
 
-#: The bundled ORL faces (package data).
-ORL_DIR = Path(__file__).resolve().parents[1] / "assets" / "orl"
 #: Crop box (left, top, right, bottom) of the square face region of a 92×112 ORL image.
 CROP_BOX = (0, 6, 92, 98)
 SIZE = 112

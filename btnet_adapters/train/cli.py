@@ -25,7 +25,7 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from ..cli import plain_help, plain_text, resize_arg
+from .._parse import plain_help, plain_text, resize_arg
 from ..errors import BTNetError
 from .config import BranchConfig, RunConfig, TrunkConfig, fit_default_warmup, load_config
 
