@@ -13,8 +13,7 @@ import re
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
-from typing import Any, NamedTuple
+from typing import Any
 
 import numpy as np
 import timm
@@ -23,6 +22,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from . import paths, routing, surgery
+from .branch import Branch, BranchPaths, BranchPlan, identity_for, is_norm, module_path, run_tapped
+from .embedding_head import EmbeddingHead
 from .errors import ConfigError, InputImageError, ResolutionError, UnsupportedBackboneError
 from .heads import HEADS, create_head
 from .hub import HubMixin, default_model_class
@@ -32,141 +33,6 @@ from .resize import ResizeSpec, resize_tensor
 
 HEAD_KINDS = ("fc", "pool", "backbone")
 SPECIFIC_RULES = ("reference", "all", "none")
-_NORM_TYPES = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
-_NORM_NAME = re.compile(r"(Batch|Layer|Group|Instance|Rms|RMS)Norm")
-
-
-def is_norm(module: nn.Module) -> bool:
-    """Normalisation layers get per-resolution state (affine parameters and statistics)."""
-    return isinstance(module, _NORM_TYPES) or bool(_NORM_NAME.search(type(module).__name__))
-
-
-def _key(path: str) -> str:
-    return path.replace(".", ":")
-
-
-def _path(key: str) -> str:
-    return key.replace(":", ".")
-
-
-class EmbeddingHead(nn.Module):
-    """arcface_torch's embedding head: BN2d → dropout → flatten → linear → BN1d (``"fc"``),
-    or global average pooling → linear → BN1d (``"pool"``)."""
-
-    def __init__(self, kind: str, channels: int, side: int, embed_dim: int,
-                 drop_rate: float = 0.0, channels_last: bool = False) -> None:
-        super().__init__()
-        self.kind = kind
-        self.channels_last = channels_last
-        self.bn = nn.BatchNorm2d(channels, eps=1e-5) if kind == "fc" else nn.Identity()
-        self.dropout = nn.Dropout(drop_rate)
-        in_features = channels * side * side if kind == "fc" else channels
-        self.fc = nn.Linear(in_features, embed_dim)
-        self.features = nn.BatchNorm1d(embed_dim, eps=1e-5)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if self.channels_last:
-            x = x.permute(0, 3, 1, 2)
-        x = self.bn(x)
-        x = torch.flatten(x, 1) if self.kind == "fc" else x.mean((2, 3))
-        return self.features(self.fc(self.dropout(x)))
-
-
-@dataclass(frozen=True)
-class BranchPlan:
-    """Where and how a resolution joins the trunk (all paths are ``BTNet`` module names)."""
-
-    resolution: int
-    stage: str
-    implant: str
-    implant_shape: tuple[int, ...]
-    prefix: tuple[str, ...]
-    downsampling: tuple[tuple[str, str], ...]
-    specific: tuple[str, ...]
-    norms: tuple[str, ...]
-
-
-class Branch(nn.Module):
-    """The tensors that make one resolution: copies of its specific modules and norm layers."""
-
-    def __init__(self, plan: BranchPlan, overrides: dict[str, nn.Module]) -> None:
-        super().__init__()
-        self.plan = plan
-        self.overrides = nn.ModuleDict({_key(p): m for p, m in overrides.items()})
-
-    def replacements(self) -> list[paths.Replacement]:
-        """What a path of this branch puts in the trunk's place: its own modules, then stride-free
-        views of the downsampling modules (of the branch's copy where it owns one)."""
-        own = [(_path(k), _Fixed(m)) for k, m in self.overrides.items()]
-        return own + [(p, _StrideFree(kind)) for p, kind in self.plan.downsampling]
-
-    def tensors(self, keep_vars: bool = False) -> dict[str, torch.Tensor]:
-        """Its tensors named as the trunk's own (``trunk.layer1.0.conv1.weight`` …)."""
-        return {f"{_path(key)}.{name}": t for key, module in self.overrides.items()
-                for name, t in module.state_dict(keep_vars=keep_vars).items()}
-
-    def load_tensors(self, state_dict: Mapping[str, torch.Tensor], strict: bool = True) -> None:
-        """Copy ``state_dict`` into the branch's tensors in place, all or nothing: every key,
-        shape, kind and value is checked before the first tensor is written."""
-        targets = self.tensors(keep_vars=True)
-        missing, unexpected = sorted(set(targets) - set(state_dict)), sorted(set(state_dict) - set(targets))
-        if strict and (missing or unexpected):
-            raise ConfigError(
-                f"branch {self.plan.resolution} state mismatch: missing {_few(missing)}, unexpected {_few(unexpected)}")
-        problems = []
-        for name in sorted(set(targets) & set(state_dict)):
-            src, dst = state_dict[name], targets[name]
-            if not torch.is_tensor(src):
-                problems.append(f"{name}: {type(src).__name__}, not a tensor")
-            elif src.shape != dst.shape:
-                problems.append(f"{name}: shape {tuple(src.shape)}, the branch needs {tuple(dst.shape)}")
-            elif src.is_floating_point() != dst.is_floating_point():
-                problems.append(f"{name}: dtype {src.dtype}, the branch needs {dst.dtype}")
-            elif src.is_floating_point() and not bool(torch.isfinite(src).all()):
-                problems.append(f"{name}: holds NaN or infinite values")
-        if problems:
-            raise ConfigError(f"branch {self.plan.resolution}: {len(problems)} tensor(s) do not fit, nothing was "
-                              f"loaded: {_few(problems)}")
-        with torch.no_grad():
-            for name in sorted(set(targets) & set(state_dict)):
-                targets[name].copy_(state_dict[name])
-
-    def extra_repr(self) -> str:
-        return f"resolution={self.plan.resolution}, implant={self.plan.implant!r}"
-
-
-def _few(items: Sequence[str], n: int = 5) -> str:
-    return f"{list(items[:n])}{' …' if len(items) > n else ''}"
-
-
-class _Fixed:
-    """Replacement factory returning a fixed module (picklable, unlike a lambda)."""
-
-    def __init__(self, module: nn.Module) -> None:
-        self.module = module
-
-    def __call__(self, old: nn.Module) -> nn.Module:
-        return self.module
-
-
-def _identity(old: nn.Module) -> nn.Module:
-    return nn.Identity()
-
-
-class _StrideFree:
-    def __init__(self, kind: str) -> None:
-        self.kind = kind
-
-    def __call__(self, old: nn.Module) -> nn.Module:
-        return surgery.stride_free(old, self.kind)
-
-
-class BranchPaths(NamedTuple):
-    """The fixed forward paths of one branch (built once, see :mod:`btnet_adapters.paths`)."""
-
-    serve: paths.ForwardPath  #: the branch: r-px images → embeddings
-    student: paths.ForwardPath  #: the same, with its implant output captured
-    teacher: paths.ForwardPath  #: the trunk at S, with its output at the implant point captured
 
 
 @contextmanager
@@ -498,7 +364,7 @@ class BTNet(HubMixin, nn.Module):
         x = self._probe()
         tapped = paths.ForwardPath.build(self.input_size, self.trunk, self.head, taps=[plan.implant])
         resumed = paths.ForwardPath.build(self.input_size, self.trunk, self.head,
-                                          [(p, _identity) for p in plan.prefix])
+                                          [(p, identity_for) for p in plan.prefix])
         with _eval(self), torch.no_grad():
             tapped.sync()
             resumed.sync()
@@ -579,7 +445,7 @@ class BTNet(HubMixin, nn.Module):
         built = self._paths[resolution]
         if not with_implant:
             return built.serve(x)
-        return _run_tapped(built.student, x)
+        return run_tapped(built.student, x)
 
     def forward_trunk(self, x: torch.Tensor) -> torch.Tensor:
         """Raw embeddings of ``input_size`` images through the trunk."""
@@ -605,7 +471,7 @@ class BTNet(HubMixin, nn.Module):
             return self._branch_forward(x, key, with_implant=True)
         if side != self.input_size:
             raise InputImageError(f"forward_with_implant takes sides {key} or {self.input_size}, got {side}")
-        return _run_tapped(self._paths[key].teacher, x)
+        return run_tapped(self._paths[key].teacher, x)
 
     def _dtype(self) -> torch.dtype:
         """The floating dtype of the model's parameters (kept by :meth:`_apply`, so a call reads
@@ -727,7 +593,7 @@ class BTNet(HubMixin, nn.Module):
         for branch in self.branches.values():  # the branch's own copies carry the flag too
             for key, module in branch.overrides.items():
                 for name, sub in module.named_modules():
-                    source = self.get_submodule(".".join(p for p in (_path(key), name) if p))
+                    source = self.get_submodule(".".join(p for p in (module_path(key), name) if p))
                     if hasattr(source, "grad_checkpointing"):
                         sub.grad_checkpointing = source.grad_checkpointing
         self.rebuild_paths()
@@ -882,13 +748,6 @@ class BTNet(HubMixin, nn.Module):
     def get_classifier(self) -> nn.Module | None:
         """The margin head (``None`` without one); call it as ``head(embeddings, labels)``."""
         return self.classifier
-
-
-def _run_tapped(path: paths.ForwardPath, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(embedding, output of the tapped implant module)`` of one call of ``path``."""
-    with paths.captured() as box:
-        emb = path(x)
-    return emb, box[0]
 
 
 def _check_args(input_size: int, head: str, specific: Any, margin: str, num_classes: int) -> None:
