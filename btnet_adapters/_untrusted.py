@@ -56,6 +56,7 @@ __all__ = [
     "backbone_parameters",
     "check_backbone_kwargs",
     "check_limit",
+    "check_resolution_list",
     "check_model_args",
     "init_parameters",
     "read_json_file",
@@ -157,6 +158,15 @@ def check_limit(value: Any, limit: int, what: str, error: type[Exception] = Reso
 
 
 # --------------------------------------------------------------------------- JSON files
+def check_resolution_list(value: Any, what: str, error: type[Exception], limit_error: type[Exception]) -> None:
+    """A list of at most ``MAX_BRANCHES`` sides, each an integer in 1..``MAX_INPUT_SIZE``."""
+    if not isinstance(value, list):
+        raise error(f"{what} must be a list of integers, got {value!r:.200}")
+    check_limit(len(value), MAX_BRANCHES, f"the number of {what}", limit_error)
+    for r in value:
+        check_limit(r, MAX_INPUT_SIZE, f"{what} entry", limit_error, low=1, accepted=f"1..{MAX_INPUT_SIZE} pixels")
+
+
 def read_json_file(path: Path, what: str, malformed: type[Exception], limit_error: type[Exception],
                    missing: type[Exception] | None = None) -> Any:
     """Parse a JSON file no larger than :data:`MAX_JSON_BYTES` (checked before reading)."""
@@ -476,12 +486,7 @@ def check_model_args(model_args: Any, where: str, *, parameters: Mapping[str, in
             check_limit(value, 3, what, error, low=3, accepted="3 (RGB)")
         elif key == "resolutions":
             if value is not None:
-                if not isinstance(value, list):
-                    raise error(f"{what} must be a list of integers or null, got {value!r:.200}")
-                check_limit(len(value), MAX_BRANCHES, f"the number of {what}", limit_error)
-                for r in value:
-                    check_limit(r, MAX_INPUT_SIZE, f"{what} entry", limit_error, low=1,
-                                accepted=f"1..{MAX_INPUT_SIZE} pixels")
+                check_resolution_list(value, what, error, limit_error)
         elif key == "specific":
             if not isinstance(value, str):
                 _str_list(value, what, error, limit_error)

@@ -34,6 +34,7 @@ from .errors import InputImageError, ResolutionError
 from .hub import (
     DEFAULT_ROUTING,
     ArtifactError,
+    check_format_version,
     _file_sha256,
     _inside,
     _library_version,
@@ -300,16 +301,7 @@ class _OnnxSession:
 def _check_format(manifest: dict[str, Any], where: Path) -> int:
     if manifest.get("format") != _FORMAT:
         raise ArtifactError(f"{where} is not a BTNet ONNX manifest (format {manifest.get('format')!r})")
-    version = manifest.get("format_version")
-    if isinstance(version, bool) or not isinstance(version, int) or version < 1:
-        raise ArtifactError(f"ONNX manifest {where} has no valid format_version (got {version!r})")
-    if version > FORMAT_VERSION:
-        raise ArtifactError(
-            f"ONNX manifest {where} uses format version {version}, written by btnet_adapters "
-            f"{manifest.get('library_version', '?')}; this btnet_adapters reads ONNX format versions up to "
-            f"{FORMAT_VERSION}: upgrade btnet_adapters"
-        )
-    return version
+    return check_format_version(manifest, f"ONNX manifest {where}", FORMAT_VERSION)
 
 
 def _check_external_data(path: Path, data: dict[str, Any] | None, what: str) -> None:

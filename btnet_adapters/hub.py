@@ -43,7 +43,6 @@ from safetensors import SafetensorError, safe_open
 
 from ._atomic import interrupted_backup, mirror_folder, staging_folder, swap_folder
 from ._untrusted import (
-    MAX_BRANCHES,
     MAX_EMBED_DIM,
     MAX_INPUT_SIZE,
     MAX_NUM_CLASSES,
@@ -51,6 +50,7 @@ from ._untrusted import (
     TensorInfo,
     UnsafeArgumentError,
     check_limit,
+    check_resolution_list,
     check_model_args,
     init_parameters,
     read_json_file,
@@ -195,16 +195,19 @@ def _read_json(path: Path, what: str) -> dict[str, Any]:
     return data
 
 
-def _check_version(section: Mapping[str, Any], what: str) -> None:
+def check_format_version(section: Mapping[str, Any], what: str, supported: int = FORMAT_VERSION) -> int:
+    """The ``format_version`` of a config or manifest, refused (:class:`ArtifactError`) when it
+    is missing or newer than the ``supported`` one this library reads."""
     version = section.get("format_version")
     if isinstance(version, bool) or not isinstance(version, int) or version < 1:
         raise ArtifactError(f"{what} has no valid format_version (got {version!r})")
-    if version > FORMAT_VERSION:
+    if version > supported:
         raise ArtifactError(
             f"{what} uses format version {version}, written by btnet_adapters "
             f"{section.get('library_version', '?')}; this btnet_adapters ({_library_version()}) reads "
-            f"format versions up to {FORMAT_VERSION}: upgrade btnet_adapters"
+            f"format versions up to {supported}: upgrade btnet_adapters"
         )
+    return version
 
 
 def _verify_file(path: Path, record: Mapping[str, Any] | None, what: str) -> None:
@@ -1039,17 +1042,11 @@ def _btnet_section(config: Mapping[str, Any], origin: str) -> dict[str, Any]:
     section = config.get("btnet")
     if not isinstance(section, dict):
         raise ArtifactError(f"{origin} is not a BTNet artifact: its config.json has no 'btnet' section")
-    _check_version(section, f"config.json of {origin}")
+    check_format_version(section, f"config.json of {origin}")
     if not isinstance(config.get("model_args"), dict) or "backbone" not in config["model_args"]:
         raise ArtifactError(f"config.json of {origin} has no model_args with a backbone")
     where = f"config.json of {origin}: btnet"
-    resolutions = section.get("resolutions", [])
-    if not isinstance(resolutions, list):
-        raise ArtifactError(f"{where}.resolutions must be a list of integers, got {resolutions!r:.200}")
-    check_limit(len(resolutions), MAX_BRANCHES, f"the number of {where}.resolutions", ArtifactLimitError)
-    for r in resolutions:
-        check_limit(r, MAX_INPUT_SIZE, f"{where}.resolutions entry", ArtifactLimitError, low=1,
-                    accepted=f"1..{MAX_INPUT_SIZE} pixels")
+    check_resolution_list(section.get("resolutions", []), f"{where}.resolutions", ArtifactError, ArtifactLimitError)
     for key, limit in (("input_size", MAX_INPUT_SIZE), ("embed_dim", MAX_EMBED_DIM)):
         if section.get(key) is not None:
             check_limit(section[key], limit, f"{where}.{key}", ArtifactLimitError, low=1, accepted=f"1..{limit}")
@@ -1334,7 +1331,7 @@ def _check_adapter(model: BTNet, config: Mapping[str, Any], resolution: int | No
     """
     if config.get("format") != _ADAPTER_KIND:
         raise ArtifactError(f"{what} is not a BTNet adapter config (format {config.get('format')!r})")
-    _check_version(config, what)
+    check_format_version(config, what)
     r = check_limit(config.get("resolution"), MAX_INPUT_SIZE, f"{what}: resolution", ArtifactLimitError, low=1,
                     accepted=f"1..{MAX_INPUT_SIZE} pixels")
     if resolution is not None and r != int(resolution):
