@@ -41,6 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from safetensors import SafetensorError, safe_open
 
+from ._json import jsonable
 from ._atomic import interrupted_backup, mirror_folder, staging_folder, swap_folder
 from ._untrusted import (
     MAX_EMBED_DIM,
@@ -268,18 +269,6 @@ def _write_json(path: Path, data: Mapping[str, Any]) -> None:
     path.write_text(json.dumps(data, indent=2, sort_keys=False) + "\n", encoding="utf-8")
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, tuple):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, list):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", None) == 0:
-        return value.item()  # numpy / torch scalars (metrics)
-    return value
-
-
 def _tuples(value: Any) -> Any:
     """JSON lists back to the tuples timm configs use."""
     return tuple(_tuples(v) for v in value) if isinstance(value, list) else value
@@ -315,7 +304,7 @@ def _pretrained_cfg(model: BTNet, license: str | None) -> dict[str, Any]:
     from timm.models import PretrainedCfg
 
     fields = {f.name for f in dataclasses.fields(PretrainedCfg)}
-    cfg = {k: _jsonable(v) for k, v in (model.pretrained_cfg or {}).items()
+    cfg = {k: jsonable(v) for k, v in (model.pretrained_cfg or {}).items()
            if k in fields and k not in (*_SOURCE_KEYS, "license") and v is not None}
     cfg.update(num_classes=0, custom_load=False, fixed_input_size=False)
     if license:
@@ -334,7 +323,7 @@ def _plan_record(model: BTNet, resolution: int) -> dict[str, Any]:
 
 def _structure(model_args: Mapping[str, Any]) -> dict[str, Any]:
     """The :data:`STRUCTURE_KEYS` of ``model_args`` as given (what an adapter's ``base_model`` records)."""
-    return {k: _jsonable(model_args.get(k)) for k in STRUCTURE_KEYS}
+    return {k: jsonable(model_args.get(k)) for k in STRUCTURE_KEYS}
 
 
 def _plain_json(value: Any) -> bool:
@@ -387,7 +376,7 @@ def _backbone_defaults(backbone: Any) -> dict[str, Any]:
         fixed = _keywords_set_by(model_entrypoint(backbone))
     except (KeyError, RuntimeError, ValueError, TypeError, AttributeError):
         return {}
-    return {name: _jsonable(p.default) for name, p in params.items()
+    return {name: jsonable(p.default) for name, p in params.items()
             if name not in fixed and name not in LOADING_ARGUMENTS and _plain_json(p.default)}
 
 
@@ -409,7 +398,7 @@ def _normalised_structure(model_args: Mapping[str, Any], model_cls: type) -> dic
     for key, value in out.items():
         default = getattr(own.get(key), "default", None)
         if value is None and key != "backbone_kwargs" and default is not None and _plain_json(default):
-            out[key] = _jsonable(default)
+            out[key] = jsonable(default)
     kwargs = {} if out["backbone_kwargs"] is None else out["backbone_kwargs"]
     if isinstance(kwargs, dict):
         kwargs = {**_backbone_defaults(out["backbone"]),
@@ -541,7 +530,7 @@ def _write_model_files(model: BTNet, folder: Path, resolutions: list[int], class
         "num_classes": 0,
         "num_features": model.embed_dim,
         "pretrained_cfg": _pretrained_cfg(model, license),
-        "model_args": _jsonable(args),
+        "model_args": jsonable(args),
         "btnet": {
             "format_version": FORMAT_VERSION,
             "library_version": _library_version(),
@@ -554,7 +543,7 @@ def _write_model_files(model: BTNet, folder: Path, resolutions: list[int], class
             "files": files,
             "adapters": summary["adapters"],
             "classifier": head,
-            "metrics": _jsonable(dict(metrics)) if metrics else None,
+            "metrics": jsonable(dict(metrics)) if metrics else None,
         },
     }
     _write_json(folder / CONFIG_NAME, config)

@@ -39,7 +39,7 @@ PACKAGE = "btnet_adapters"
 #: that is its name or a package above it (the package root itself only by its exact name);
 #: every module named ``cli`` is in the top layer, :data:`CLI_LAYER`.
 LAYERS: tuple[tuple[str, tuple[str, ...]], ...] = (
-    ("foundations", ("btnet_adapters.errors", "btnet_adapters._atomic", "btnet_adapters._untrusted",
+    ("foundations", ("btnet_adapters.errors", "btnet_adapters._atomic", "btnet_adapters._json", "btnet_adapters._untrusted",
                      "btnet_adapters._version", "btnet_adapters._zoo_table", "btnet_adapters.progress")),
     ("pixels and routing", ("btnet_adapters.images", "btnet_adapters.resize", "btnet_adapters.routing",
                             "btnet_adapters.effective", "btnet_adapters.data", "btnet_adapters._parse")),

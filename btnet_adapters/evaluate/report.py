@@ -14,6 +14,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
+from .._json import jsonable
 from ..errors import ConfigError
 from .._atomic import atomic_path, write_text_atomic
 from .identification import IdentificationResult
@@ -100,23 +101,6 @@ def markdown_table(rows: Sequence[Row], columns: Sequence[str] | None = None, *,
     return "\n".join(lines) + "\n"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, Mapping):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, np.ndarray):
-        return _jsonable(value.tolist())
-    if isinstance(value, (np.floating, float)):
-        v = float(value)
-        return v if math.isfinite(v) else None
-    if isinstance(value, np.integer):
-        return int(value)
-    if isinstance(value, np.bool_):
-        return bool(value)
-    return value
-
-
 def write_table(rows: Sequence[Row], path: str | os.PathLike[str], *,
                 columns: Sequence[str] | None = None, title: str | None = None,
                 meta: Mapping[str, Any] | None = None, floatfmt: str = ".2f"
@@ -134,7 +118,7 @@ def write_table(rows: Sequence[Row], path: str | os.PathLike[str], *,
            "meta": dict(meta or {})}
     md_path = write_text_atomic(base.with_name(base.name + ".md"), md)
     json_path = write_text_atomic(base.with_name(base.name + ".json"),
-                           json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
+                           json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
     return md_path, json_path
 
 

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .._parse import resize_arg
+from .._parse import int_list, resize_arg
 from ..errors import BTNetError
 from .config import ReproduceConfig
 from .stages import StageInterrupted
@@ -26,10 +26,7 @@ Run the same command again to resume: finished stages (folders with done.json) a
 
 
 def _ints(text: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(t) for t in text.split(",") if t.strip())
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected comma-separated integers such as 7,14,28, got {text!r}") from None
+    return tuple(int_list(text))  # the config holds a tuple
 
 
 def _json_object(text: str) -> dict[str, Any]:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import cost
+from .._json import jsonable
 from .._atomic import write_text_atomic
 from ..evaluate import GainWarning, cross_resolution_gain, parse_setting, same_resolution_gain
 from ..evaluate.report import markdown_table, plot_accuracy_vs_resolution, write_table
@@ -162,18 +163,6 @@ def noise_notes(evaluations: dict[str, dict[str, Any]], config: ReproduceConfig)
     return notes
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Path):
-        return str(value)
-    return value
-
-
 def _cross_same(accuracy: list[dict[str, Any]], config: ReproduceConfig, size: int
                 ) -> tuple[dict[str, dict[int, float]], dict[str, dict[int, float]]]:
     cross: dict[str, dict[int, float]] = {}
@@ -256,7 +245,7 @@ def build_report(out: Path, config: ReproduceConfig, evaluations: dict[str, dict
            "deltas": deltas, "costs": costs, "openset": report.openset, "notes": report.notes,
            "evaluations": evaluations, "seconds": seconds}
     files["report_json"] = out / "report.json"
-    write_text_atomic(files["report_json"], json.dumps(_jsonable(doc), indent=2, allow_nan=False) + "\n")
+    write_text_atomic(files["report_json"], json.dumps(jsonable(doc), indent=2, allow_nan=False) + "\n")
     md, js = write_table(accuracy, out / "verification", columns=["model", *settings, "what"],
                          title="Verification accuracy (%)",
                          meta={"resize": config.eval_resize.to_dict(), "flip": config.flip})
