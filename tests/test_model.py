@@ -43,13 +43,18 @@ def rebuild_branches(model: BTNet) -> None:
         model.add_branch(r)
 
 
-@pytest.fixture(scope="module")
-def resnet18_btnet() -> BTNet:
+def perturbed_resnet18(embed_dim: int) -> BTNet:
+    """timm ResNet-18 without its max-pool, branches 7/14/28, perturbed weights, eval mode."""
     torch.manual_seed(0)
-    model = BTNet.from_timm("resnet18", remove=["maxpool"], resolutions=(7, 14, 28), embed_dim=64)
+    model = BTNet.from_timm("resnet18", remove=["maxpool"], resolutions=(7, 14, 28), embed_dim=embed_dim)
     perturb(model)
     rebuild_branches(model)
     return model.eval()
+
+
+@pytest.fixture(scope="module")
+def resnet18_btnet() -> BTNet:
+    return perturbed_resnet18(64)
 
 
 def test_zoo_entry_points_route_by_side():

@@ -21,7 +21,7 @@ from btnet_adapters.errors import ConfigError, InputImageError
 from btnet_adapters.hub import ArtifactError, load_adapter, save_adapter
 from btnet_adapters.surgery import StrideFreeConv2d
 
-from .test_model import perturb, rebuild_branches
+from .test_model import perturbed_resnet18
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 LEGACY = Path(__file__).parent / "data" / "legacy_main_3a5503d"
@@ -29,11 +29,7 @@ LEGACY = Path(__file__).parent / "data" / "legacy_main_3a5503d"
 
 @pytest.fixture(scope="module")
 def model() -> BTNet:
-    torch.manual_seed(0)
-    net = BTNet.from_timm("resnet18", remove=["maxpool"], resolutions=(7, 14, 28), embed_dim=32)
-    perturb(net)
-    rebuild_branches(net)
-    return net.eval()
+    return perturbed_resnet18(32)
 
 
 def _inputs(model: BTNet, n: int = 2) -> dict[int, torch.Tensor]:
