@@ -146,6 +146,7 @@ class BTNet(HubMixin, nn.Module):
         if num_classes:
             self.reset_classifier(num_classes, margin)
         self._init_config["resolutions"] = list(self.branch_resolutions)
+        self._note_dtype()  # the dtype forward() accepts; _apply keeps it current
 
     # ----------------------------------------------------------------- construction
     @classmethod
@@ -478,10 +479,13 @@ class BTNet(HubMixin, nn.Module):
         no parameter to learn it)."""
         return self.__dict__.get("_param_dtype", torch.float32)
 
-    def _apply(self, fn: Any, recurse: bool = True) -> "BTNet":
-        out = super()._apply(fn, recurse)
+    def _note_dtype(self) -> None:
         param = next((p for p in self.parameters() if p.is_floating_point()), None)
         self._param_dtype = param.dtype if param is not None else torch.float32
+
+    def _apply(self, fn: Any, recurse: bool = True) -> "BTNet":
+        out = super()._apply(fn, recurse)
+        self._note_dtype()
         return out
 
     def _check_input(self, x: Any) -> int:
