@@ -14,9 +14,10 @@ import re
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
+    from .data.degrade import DegradationSpec
     from .resize import ResizeSpec
 
-__all__ = ["int_list", "plain_help", "plain_text", "resize_arg"]
+__all__ = ["degradation_arg", "int_list", "plain_help", "plain_text", "resize_arg"]
 
 
 def int_list(text: str) -> list[int]:
@@ -41,6 +42,25 @@ def resize_arg(text: str) -> "ResizeSpec":
 #: A Sphinx role: ``:func:`~a.b```, ``:class:`title <target>``` (groups: tilde, title, target).
 _ROLE = re.compile(r":(?:py:)?(?:func|meth|class|mod|attr|data|exc|obj|const|ref|doc|term):"
                    r"`(~?)([^`<]*?)\s*(?:<([^`>]*)>)?`")
+
+
+def degradation_arg(text: str) -> "DegradationSpec":
+    """argparse type of a degradation: a preset name (``realistic``, ``paper``) or a JSON object of
+    :class:`~btnet_adapters.data.degrade.DegradationSpec` fields; kept at the low resolution."""
+    import json
+
+    from .data.degrade import DegradationSpec
+    from .errors import BTNetError
+
+    try:
+        if text.lstrip().startswith("{"):
+            data = json.loads(text)
+            if not isinstance(data, dict):
+                raise argparse.ArgumentTypeError(f"expected a preset name or a JSON object, got {text!r}")
+            return DegradationSpec.from_dict({"upsample": False, **data})
+        return DegradationSpec.named(text.strip())
+    except (BTNetError, json.JSONDecodeError, TypeError, KeyError) as err:
+        raise argparse.ArgumentTypeError(f"{err} (e.g. --degradation realistic)") from None
 
 
 def plain_text(text: str | None) -> str | None:

@@ -108,6 +108,8 @@ GENERIC_ARCHITECTURE = "btnet"
 #: normalised: defaults filled in, tuples as lists; see :func:`_normalised_structure`).
 STRUCTURE_KEYS = ("backbone", "input_size", "embed_dim", "head", "remove", "backbone_kwargs")
 DEFAULT_ROUTING = {"indicator": "max", "strategy": "ceil"}
+#: Parts of a model card a saver may write instead of the generic text (``save_pretrained(card_sections=)``).
+CARD_SECTIONS = ("title", "usage", "training_data")
 _ADAPTER_KIND = "btnet-adapter"
 _REPO_ID = re.compile(r"^(?:[A-Za-z0-9][\w.-]*/)?[A-Za-z0-9][\w.-]*$")
 # pretrained_cfg keys that describe where weights came from, not the weights themselves.
@@ -483,7 +485,7 @@ def _write_adapter(model: BTNet, folder: Path, resolution: int, base_fingerprint
 
 def _write_artifact(model: BTNet, folder: Path, resolutions: list[int], classifier: bool, adapters_only: bool,
                     metrics: Mapping[str, Any] | None, license: str | None, model_card: bool,
-                    repo_id: str | None) -> list[str]:
+                    repo_id: str | None, card_sections: Mapping[str, str] | None = None) -> list[str]:
     """Write every file of the artifact into an empty ``folder``; return their relative paths."""
     architecture = _architecture(model)
     base = trunk_fingerprint(model)
@@ -498,7 +500,7 @@ def _write_artifact(model: BTNet, folder: Path, resolutions: list[int], classifi
     if not adapters_only:
         _write_model_files(model, folder, resolutions, classifier, metrics, license, summary)
     if model_card:
-        card = _model_card(model, summary, adapters_only, metrics, license, repo_id)
+        card = _model_card(model, summary, adapters_only, metrics, license, repo_id, card_sections)
         (folder / CARD_NAME).write_text(card, encoding="utf-8")
     return sorted(p.relative_to(folder).as_posix() for p in folder.rglob("*") if p.is_file())
 
@@ -604,6 +606,7 @@ def save_pretrained(
     model_card: bool = True,
     repo_id: str | None = None,
     overwrite: bool = False,
+    card_sections: Mapping[str, str] | None = None,
 ) -> Path:
     """Write ``model`` as a Hub/timm-loadable folder (layout in the module docstring).
 
@@ -620,6 +623,9 @@ def save_pretrained(
         overwrite: replace existing artifact files; a full save also removes the adapters of
             other resolutions (they would not match the new trunk), an ``adapters_only`` save
             keeps them. Without it, any clash raises :class:`ArtifactExistsError`.
+        card_sections: text that replaces generic parts of the card: ``"title"`` (its heading),
+            ``"usage"`` (markdown body of the Usage section) and ``"training_data"`` (of Training
+            data: the dataset, its licence, who is in it and who is not, the recipe).
 
     The folder is replaced as a whole (:func:`write_folder`): a reader, or a save that is
     killed, never leaves a mix of old and new files.
@@ -630,10 +636,13 @@ def save_pretrained(
     wanted = _check_resolutions(model, resolutions)
     if adapters_only and not wanted:
         raise ResolutionError("adapters_only=True needs at least one branch to save")
+    unknown = sorted(set(card_sections or {}) - set(CARD_SECTIONS))
+    if unknown:
+        raise ConfigError(f"unknown card_sections {unknown}; accepted: {list(CARD_SECTIONS)}")
     return write_folder(
         save_directory,
         lambda folder: _write_artifact(model, folder, wanted, classifier, adapters_only, metrics, license,
-                                       model_card, repo_id),
+                                       model_card, repo_id, card_sections),
         overwrite=overwrite,
         stale=list if adapters_only else lambda: _stale_adapters(Path(os.path.realpath(Path(save_directory).expanduser())),
                                                                  wanted),
@@ -866,8 +875,26 @@ _BIAS = [
 ]
 
 
+def _usage(name: str, repo_id: str | None, trunk_repo: str | None, fingerprint: str, res: list[int],
+           adapters_only: bool) -> list[str]:
+    """The card's default usage snippet (markdown lines)."""
+    lines = ["```python", "import timm", "import btnet_adapters  # registers the btnet_* models",
+             "from btnet_adapters import BTNet", ""]
+    if adapters_only:
+        base_src = trunk_repo or "path/to/the/base/model"
+        lines += [f"model = BTNet.from_pretrained(\"{base_src}\")  # the trunk these adapters were trained on "
+                  f"(fingerprint {fingerprint[:19]}…)",
+                  *(f"model.load_adapter(\"{name}\", resolution={r})" for r in res)]
+    else:
+        route = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{name}"
+        lines += [f"model = BTNet.from_pretrained(\"{name}\")",
+                  f"# or through timm: model = timm.create_model(\"{route}\", pretrained=True)",
+                  "embeddings = model.embed(face_crops)  # any size; L2-normalised"]
+    return lines + ["```", ""]
+
+
 def _model_card(model: BTNet, summary: dict[str, Any], adapters_only: bool, metrics: Mapping[str, Any] | None,
-                license: str | None, repo_id: str | None) -> str:
+                license: str | None, repo_id: str | None, sections: Mapping[str, str] | None = None) -> str:
     """The ``README.md`` of a saved folder / Hub repo: :class:`huggingface_hub.ModelCard` metadata
     (``base_model`` when known, library, tags, licence, ``model-index`` from ``metrics``) and the
     sections intended use, out-of-scope use, limitations, bias/risks/privacy, training data,
@@ -905,8 +932,9 @@ def _model_card(model: BTNet, summary: dict[str, Any], adapters_only: bool, metr
                  + (f", Hub repo [`{trunk_repo}`](https://huggingface.co/{trunk_repo})" if trunk_repo else "")
                  + (f"; derived from [`{base_repo}`](https://huggingface.co/{base_repo})"
                     if base_repo and base_repo != trunk_repo else "") + ".")
+    sections = sections or {}
     lines = [
-        f"# {repo_id or f'BTNet {architecture}'}", "",
+        f"# {sections.get('title') or repo_id or f'BTNet {architecture}'}", "",
         f"This repository holds {kind} (Branch-to-Trunk network, BMVC 2023): one trunk at "
         f"{model.input_size}×{model.input_size} and one small branch per low resolution, implanted into "
         f"the trunk's feature pyramid. Backbone `{args['backbone']}`, {model.embed_dim}-d embeddings, "
@@ -919,31 +947,22 @@ def _model_card(model: BTNet, summary: dict[str, Any], adapters_only: bool, metr
         "| resolution | implant point | image side (px) | parameters | size | of trunk |",
         "|---|---|---|---|---|---|", *rows, "",
         f"Resize: `{model.resize_spec.to_dict()}`.", "",
-        "## Usage", "", "```python", "import timm", "import btnet_adapters  # registers the btnet_* models",
-        "from btnet_adapters import BTNet", "",
+        "## Usage", "",
     ]
-    if adapters_only:
-        base_src = trunk_repo or "path/to/the/base/model"
-        lines += [f"model = BTNet.from_pretrained(\"{base_src}\")  # the trunk these adapters were trained on "
-                  f"(fingerprint {summary['trunk_fingerprint'][:19]}…)",
-                  *(f"model.load_adapter(\"{name}\", resolution={r})" for r in res)]
+    if "usage" in sections:
+        lines += [sections["usage"].strip(), ""]
     else:
-        route = f"hf-hub:{repo_id}" if repo_id else f"local-dir:{name}"
-        lines += [f"model = BTNet.from_pretrained(\"{name}\")",
-                  f"# or through timm: model = timm.create_model(\"{route}\", pretrained=True)",
-                  "embeddings = model.embed(face_crops)  # any size; L2-normalised"]
-    lines += ["```", ""]
+        lines += _usage(name, repo_id, trunk_repo, summary["trunk_fingerprint"], res, adapters_only)
     lines += [*_INTENDED_USE, *_OUT_OF_SCOPE, *_LIMITATIONS, *_BIAS]
-    lines += [
-        "## Training data", "",
+    lines += ["## Training data", ""]
+    lines += [sections["training_data"].strip(), ""] if "training_data" in sections else [
         "btnet_adapters does not record the training data of the weights it saves: the uploader should "
         "name it here (dataset, version, licence, and how the people shown consented). Branches are "
         "trained by distillation from the frozen trunk on down-sampled copies of face images. Many public "
         "face datasets were collected from the web without the consent of the people in them, and some "
         "(e.g. MS-Celeb-1M, from which MS1MV2/MS1MV3 derive) were withdrawn by their publishers; their "
-        "terms may restrict what the weights can be used for.", "",
-        "## Evaluation results", "",
-    ]
+        "terms may restrict what the weights can be used for.", ""]
+    lines += ["## Evaluation results", ""]
     if metrics:
         pairs = any("&" in s for s, _, _ in _metric_rows(metrics))
         lines += ["Metrics of the run that produced these weights, as passed to `save_pretrained` / "

@@ -10,6 +10,7 @@ trunk) and the stage bookkeeping. ``test_default_command`` (slow) runs the real 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import json
 import os
@@ -27,6 +28,7 @@ from PIL import Image
 from safetensors.torch import save_file
 
 from btnet_adapters.data import MissingDataError
+from btnet_adapters.data.degrade import REALISTIC_DEGRADATION, DegradationSpec
 from btnet_adapters.errors import BTNetError, ConfigError, ResolutionError
 from btnet_adapters.evaluate import (ProtocolFileError, cross_resolution_gain, read_pair_list,
                                     same_resolution_gain)
@@ -238,6 +240,28 @@ def test_given_trunk_fits_a_classifier_trains_branches_and_runs_the_open_set(giv
     assert bt_routes == {"7": 20 - 2}  # every probe (degraded to 7 px) went to branch 7
     assert "Open-set identification" in result.report.text and "No gain is defined" in result.report.text
     assert all("φ_mm stored (MB)" not in row for row in result.report.costs)
+
+
+def test_realistic_and_label_free_runs(given_run, tmp_path):
+    """--degradation realistic reaches every training run and evaluation (seeded: a rerun of the
+    evaluation gives the same table); label-free branches need no classifier stage."""
+    base = given_run["config"]
+    config = dataclasses.replace(base, out=str(tmp_path / "real"), degradation="realistic", openset=None)
+    result = run_reproduce(config, stream=None)
+    spec = _json(result.out / "branch_r7" / "train_config.json")["degradation"]
+    assert DegradationSpec.from_dict(spec) == REALISTIC_DEGRADATION
+    assert _json(result.out / "eval_phi_bt" / "done.json")["spec"]["degradation"] == REALISTIC_DEGRADATION.to_dict()
+    shutil.rmtree(result.out / "eval_phi_bt")
+    again = run_reproduce(config, stream=None)
+    assert again.report.accuracy == result.report.accuracy
+    assert "realistic" in result.report.text
+    plain = {r["key"]: r for r in given_run["result"].report.accuracy}
+    assert {r["key"]: r for r in result.report.accuracy}["phi_hr"]["112&7"] != plain["phi_hr"]["112&7"]
+    free = dataclasses.replace(base, out=str(tmp_path / "free"), openset=None,
+                               branch_options={**base.branch_options, "unlabeled": True, "cls_weight": 0.0})
+    assert [s.name for s, _ in Reproduction(free, stream=None).stages] == ["branch_r7", "eval_phi_hr", "eval_phi_bt"]
+    with pytest.raises(ConfigError, match="unknown degradation 'foggy'"):
+        dataclasses.replace(base, degradation="foggy").validate()
 
 
 def test_trunk_folder_with_a_classifier_needs_no_fit(tiny_run, tmp_path):

@@ -24,8 +24,8 @@ from .multires import PRESETS, ResolutionSampler, sample_rng
 from .pack import PackSummary, pack_recordio
 from .recordio import (IndexedRecordReader, IndexedRecordWriter, IRHeader, pack_record,
                        unpack_record)
-from .sources import (FaceSource, ImageFolderSource, RecordIOSource, TSVSource, classes_path,
-                      open_source)
+from .sources import (FaceSource, ImageFolderSource, RecordIOSource, TSVSource, UnlabeledFolderSource,
+                      classes_path, open_source)
 from .synthetic import synthetic_image, write_synthetic_folder
 
 __all__ = [
@@ -34,6 +34,7 @@ __all__ = [
     "DegradationSpec", "FaceDataset", "FaceSource", "IRHeader", "ImageFolderSource",
     "IndexedRecordReader", "IndexedRecordWriter", "MissingDataError", "PackSummary",
     "PairedFaceDataset", "RecordIOError", "RecordIOSource", "ResolutionSampler", "TSVSource",
+    "UnlabeledFolderSource",
     "classes_path", "decode_image", "find_corrupt", "normalize", "open_source", "pack_record",
     "pack_recordio", "read_class_index", "sample_rng", "synthetic_image", "unpack_record",
     "write_class_index", "write_synthetic_folder",

@@ -165,7 +165,7 @@ class FaceDataset(_SeededFaceDataset):
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, int]:
         rng, x, label = self._prepare(key)
         if self.resolutions is not None:
-            x = self.degradation.apply(x, self.resolutions.sample(rng), self.size)
+            x = self.degradation.apply(x, self.resolutions.sample(rng), self.size, rng)
         return self._normalize(x), label
 
     def config(self) -> dict[str, Any]:
@@ -204,8 +204,8 @@ class PairedFaceDataset(_SeededFaceDataset):
         self.resolution = int(resolution)
 
     def __getitem__(self, key: SampleKey) -> tuple[torch.Tensor, torch.Tensor, int]:
-        _, x, label = self._prepare(key)
-        student = self.degradation.apply(x, self.resolution, self.size)
+        rng, x, label = self._prepare(key)
+        student = self.degradation.apply(x, self.resolution, self.size, rng)
         return self._normalize(x), self._normalize(student), label
 
     def config(self) -> dict[str, Any]:

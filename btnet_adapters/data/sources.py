@@ -208,6 +208,35 @@ class ImageFolderSource(_FileListSource):
                 "num_classes": self.num_classes}
 
 
+class UnlabeledFolderSource(_FileListSource):
+    """Every image under ``root`` (sub-folders searched, sorted by path), without identities: all
+    get label 0. For label-free training (distillation needs no identities), e.g. a folder of
+    one's own aligned camera crops.
+
+    Args:
+        root: the folder.
+        extensions: accepted image suffixes (case-insensitive).
+    """
+
+    kind = "unlabeled"
+
+    def __init__(self, root: str | os.PathLike[str], *, extensions: Sequence[str] = IMAGE_EXTENSIONS) -> None:
+        self.root = Path(root)
+        if not self.root.is_dir():
+            raise MissingDataError(f"image folder not found: {self.root}")
+        exts = tuple(e.lower() for e in extensions)
+        paths = sorted(p.relative_to(self.root).as_posix() for p in self.root.rglob("*")
+                       if p.is_file() and p.suffix.lower() in exts
+                       and not any(part.startswith(".") for part in p.relative_to(self.root).parts))
+        if not paths:
+            raise DatasetError(f"{self.root}: no images found (searched sub-folders too) with suffixes {exts}")
+        self._paths = _StringTable(paths)
+        self._set_labels(np.zeros(len(paths), dtype=np.int64), ["unlabeled"], None, None, str(self.root))
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "root": str(self.root), "num_images": len(self)}
+
+
 class TSVSource(_FileListSource):
     """A list of ``path<TAB>identity`` lines, paths relative to ``root``.
 
@@ -437,15 +466,19 @@ class RecordIOSource(FaceSource):
 
 def open_source(path: str | os.PathLike[str], *, root: str | os.PathLike[str] | None = None,
                 class_to_idx: Mapping[str, int] | None = None,
-                num_classes: int | None = None) -> FaceSource:
+                num_classes: int | None = None, unlabeled: bool = False) -> FaceSource:
     """Open a source by what ``path`` is.
 
     - a ``.rec`` file, or a folder holding ``train.rec``: :class:`RecordIOSource`;
     - a ``.tsv`` / ``.txt`` / ``.lst`` file: :class:`TSVSource` (paths relative to ``root``,
       default the list's folder);
-    - any other folder: :class:`ImageFolderSource`.
+    - any other folder: :class:`ImageFolderSource`, or with ``unlabeled``
+      :class:`UnlabeledFolderSource` (every image below it; the labels of lists and ``.rec``
+      files are read but the caller ignores them).
     """
     p = Path(path)
+    if unlabeled and p.is_dir() and not (p / "train.rec").is_file():
+        return UnlabeledFolderSource(p)
     kw: dict[str, Any] = {"class_to_idx": class_to_idx, "num_classes": num_classes}
     if p.is_file() and p.suffix.lower() == ".rec":
         return RecordIOSource(p, **kw)

@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from typing import Any, Sequence
 
-from .._parse import int_list
+from .._parse import degradation_arg, int_list
 from ..errors import ConfigError
 from ..resize import ResizeSpec
 from ..routing import INDICATORS, STRATEGIES
@@ -170,11 +170,12 @@ def cmd_verify(args: argparse.Namespace) -> int:
     model, baselines = _embedders(args)
     resize = ResizeSpec.parse(args.resize)
     runs = [run_verification(e, pairs, settings, resize=resize, flip=not args.no_flip,
-                             batch_size=args.batch_size, progress=not args.quiet)
+                             batch_size=args.batch_size, progress=not args.quiet, degradation=args.degradation)
             for e in [model, *baselines]]
     out = Path(args.out)
     rows = [row for r in runs for row in r.rows]
     meta = {"pairs": str(args.pairs), "resize": str(resize), "flip": not args.no_flip,
+            "degradation": args.degradation.to_dict() if args.degradation else None,
             "settings": [str(s) for s in settings], "far_rule": "closest",
             "protocol": "second image resized one step to r2, first to r1; baselines up-sample "
                         "back to their input size with the same spec"}
@@ -251,7 +252,7 @@ def cmd_identify(args: argparse.Namespace) -> int:
     model, baselines = _embedders(args)
     resize = ResizeSpec.parse(args.resize)
     common = dict(resize=resize, probe_size=args.probe_size, flip=args.flip,
-                  batch_size=args.batch_size, progress=not args.quiet)
+                  batch_size=args.batch_size, progress=not args.quiet, degradation=args.degradation)
     run_kw = dict(modes=modes, rank=args.rank)
     runs = []
     routing_runs = []
@@ -339,6 +340,13 @@ def _common(p: argparse.ArgumentParser, resize_default: str) -> None:
                     help="no progress (tqdm bars on a terminal, a line every 30 s otherwise)")
 
 
+def _degradation_option(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("--degradation", type=degradation_arg, metavar="PRESET|JSON",
+                   help=f"bring {what} below its size with this degradation instead of --resize: 'realistic' "
+                        "(optical blur, sub-pixel shift, area down-sampling, sensor noise, JPEG; seeded per "
+                        "image, the same pixels for every model) or a JSON object of DegradationSpec fields")
+
+
 def register(subparsers: Any) -> None:
     """Add ``eval verify``, ``eval identify`` and ``eval ijb`` to the ``btnet`` command."""
     ev = subparsers.add_parser("eval", help="run verification / identification / IJB protocols")
@@ -352,6 +360,7 @@ def register(subparsers: Any) -> None:
                    help="comma-separated r1&r2 settings, quoted in a shell ('112&7,7&7'): the second "
                         "image is resized to r2, the first to r1 (default: %(default)s)")
     v.add_argument("--no-flip", action="store_true", help="no flip test-time augmentation")
+    _degradation_option(v, "images (both of a pair at r&r, the second at 112&r)")
     v.add_argument("--hr", help="name of the high-resolution baseline for gains "
                                 "(default: the first --baseline)")
     v.add_argument("--mr", help="name of the mixed-resolution model (cross-resolution gains)")
@@ -372,6 +381,7 @@ def register(subparsers: Any) -> None:
     i.add_argument("--probe-size", type=int, metavar="R",
                    help="degrade every probe to R×R first (exercises the routing on 112-px sets)")
     i.add_argument("--flip", action="store_true", help="flip TTA (the reference uses none)")
+    _degradation_option(i, "a probe (with --probe-size)")
     i.add_argument("--all-routings", action="store_true",
                    help="also tabulate the model over the 9 indicator × strategy combinations")
     i.set_defaults(func=cmd_identify)

@@ -18,6 +18,7 @@ embed the 112-px images once.
 
 from __future__ import annotations
 
+import zlib
 from abc import ABC, abstractmethod
 from collections import Counter
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ from typing import Any, Callable, Hashable, Iterable, Sequence
 import numpy as np
 import torch
 
+from ..data.degrade import DegradationSpec
 from ..errors import ConfigError, InputImageError
 from ..resize import CV2_BILINEAR, PIL_BICUBIC, ResizeSpec, resize_array
 from ..routing import INDICATORS, STRATEGIES
@@ -266,12 +268,25 @@ def _embed_batch(embedder: Embedder, images: list[np.ndarray], flip: bool
     return raw, flipped
 
 
+def degrade_image(image: np.ndarray, side: int | None, resize: ResizeSpec, degradation: DegradationSpec | None,
+                  key: Hashable) -> np.ndarray:
+    """``image`` brought to ``side`` px: resized with ``resize``, or, with a ``degradation``,
+    degraded by it with a generator seeded by ``(side, key)`` (the same pixels on every run and
+    for every model). Unchanged when ``side`` is ``None`` or already the image's size."""
+    if degradation is None or side is None or image.shape[:2] == (side, side):
+        return degrade(image, side, resize)
+    rng = np.random.default_rng([side, zlib.crc32(str(key).encode("utf-8"))])
+    return degradation.down_array(image, side, rng)
+
+
 def embed_images(embedder: Embedder, keys: Sequence[Hashable],
                  load: Callable[[Hashable], np.ndarray], *, degrade_to: int | None = None,
                  resize: ResizeSpec = CV2_BILINEAR, indicator: str = "max",
                  strategy: str = "ceil", flip: bool = False, batch_size: int = 64,
-                 bar: Any = None) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
-    """Embed images: load, degrade to ``degrade_to`` (optional), resize to the routed side.
+                 bar: Any = None, degradation: DegradationSpec | None = None
+                 ) -> tuple[np.ndarray, np.ndarray | None, list[int]]:
+    """Embed images: load, degrade to ``degrade_to`` (optional; with ``degradation`` as
+    :func:`degrade_image` says), resize to the routed side.
 
     Images are loaded ``batch_size`` at a time, grouped by target side and embedded; with
     ``flip`` the mirrored images (after resizing) are embedded too.
@@ -287,7 +302,7 @@ def embed_images(embedder: Embedder, keys: Sequence[Hashable],
     for start in range(0, len(keys), batch_size):
         groups: dict[int, list[tuple[int, np.ndarray]]] = {}
         for i in range(start, min(start + batch_size, len(keys))):
-            img = degrade(load(keys[i]), degrade_to, resize)
+            img = degrade_image(load(keys[i]), degrade_to, resize, degradation, keys[i])
             side = embedder.target_side(img.shape[1], img.shape[0], indicator, strategy)
             sides[i] = side
             groups.setdefault(side, []).append((i, degrade(img, side, resize)))
@@ -341,7 +356,7 @@ def run_verification(embedder: Any, pairs: PairList | VerificationBin,
                      settings: Iterable[str | ResolutionSetting] = DEFAULT_SETTINGS, *,
                      resize: ResizeSpec = CV2_BILINEAR, flip: bool = True, batch_size: int = 64,
                      progress: bool = True, name: str | None = None,
-                     **metric_kwargs: Any) -> VerificationRun:
+                     degradation: DegradationSpec | None = None, **metric_kwargs: Any) -> VerificationRun:
     """Run the multi-resolution 1:1 protocol with a model.
 
     Per setting ``r1&r2``: the second image of each pair is resized in one step from its
@@ -361,6 +376,9 @@ def run_verification(embedder: Any, pairs: PairList | VerificationBin,
         batch_size: images per forward pass.
         progress: tqdm bar while embedding.
         name: table name (default: the embedder's).
+        degradation: degrade images brought below their size with this (seeded per image,
+            e.g. :data:`~btnet_adapters.data.degrade.REALISTIC_DEGRADATION`) instead of
+            resizing them with ``resize``; routing and up-sampling still use ``resize``.
         **metric_kwargs: passed to :func:`evaluate_verification` (``fars``, ``far_rule`` …).
     """
     emb = as_embedder(embedder, name)
@@ -379,7 +397,7 @@ def run_verification(embedder: Any, pairs: PairList | VerificationBin,
                 if missing:
                     raw, flipped, targets = embed_images(
                         emb, missing, load, degrade_to=side, resize=resize, flip=flip,
-                        batch_size=batch_size, bar=bar)
+                        batch_size=batch_size, bar=bar, degradation=degradation)
                     for j, k in enumerate(missing):
                         cache[(k, side)] = (raw[j], flipped[j] if flipped is not None else None,
                                             targets[j])
@@ -429,8 +447,8 @@ class _IdentCache:
 
     def __init__(self, embedder: Embedder, lists: dict[str, IdentityList],
                  degrade_to: dict[str, int | None], resize: ResizeSpec, flip: bool,
-                 batch_size: int, progress: bool) -> None:
-        self.embedder, self.lists, self.degrade_to = embedder, lists, degrade_to
+                 batch_size: int, progress: bool, degradation: DegradationSpec | None = None) -> None:
+        self.embedder, self.lists, self.degrade_to, self.degradation = embedder, lists, degrade_to, degradation
         self.resize, self.flip, self.batch_size, self.progress = resize, flip, batch_size, progress
         self.store: dict[tuple[str, int, int], np.ndarray] = {}
         self.sizes: dict[str, list[tuple[int, int]]] = {}
@@ -466,7 +484,8 @@ class _IdentCache:
                 raw, flipped, got = embed_images(
                     self.embedder, missing, lambda i: load_image(paths[i]),
                     degrade_to=self.degrade_to[which], resize=self.resize, indicator=indicator,
-                    strategy=strategy, flip=self.flip, batch_size=self.batch_size, bar=bar)
+                    strategy=strategy, flip=self.flip, batch_size=self.batch_size, bar=bar,
+                    degradation=self.degradation)
             finally:
                 bar.close()
             summed = raw + flipped if flipped is not None else raw
@@ -503,12 +522,15 @@ class IdentificationProtocol:
         flip: flip TTA (the reference identifies without it).
         batch_size, progress: embedding batch size and tqdm bars.
         name: table name (default: the embedder's).
+        degradation: degrade the probes to ``probe_size`` with this (seeded per image) instead
+            of resizing them (as :func:`run_verification`).
     """
 
     def __init__(self, embedder: Any, gallery: IdentityList, mated: IdentityList,
                  unmated: IdentityList | None = None, *, resize: ResizeSpec = PIL_BICUBIC,
                  probe_size: int | None = None, flip: bool = False, batch_size: int = 64,
-                 progress: bool = True, name: str | None = None) -> None:
+                 progress: bool = True, name: str | None = None,
+                 degradation: DegradationSpec | None = None) -> None:
         if probe_size is not None and probe_size < 1:
             raise ConfigError(f"probe_size must be >= 1 px, got {probe_size}")
         self.embedder = as_embedder(embedder, name)
@@ -517,7 +539,7 @@ class IdentificationProtocol:
         self.probe_size, self.resize = probe_size, resize
         degrade_to = {k: (None if k == "gallery" else probe_size) for k in lists}
         self.cache = _IdentCache(self.embedder, lists, degrade_to, resize, flip, batch_size,
-                                 progress)
+                                 progress, degradation)
         self.lists = lists
         self.progress = progress
 
@@ -553,7 +575,7 @@ def run_identification(embedder: Any, gallery: IdentityList, mated: IdentityList
                        resize: ResizeSpec = PIL_BICUBIC, rank: int = 20,
                        probe_size: int | None = None, fpirs: Sequence[float] = DEFAULT_FPIRS,
                        flip: bool = False, batch_size: int = 64, progress: bool = True,
-                       name: str | None = None) -> IdentificationRun:
+                       name: str | None = None, degradation: DegradationSpec | None = None) -> IdentificationRun:
     """Run the 1:N protocol with a model under one routing (see :class:`IdentificationProtocol`).
 
     Each image (probes degraded to ``probe_size`` first when given) is routed by
@@ -562,7 +584,7 @@ def run_identification(embedder: Any, gallery: IdentityList, mated: IdentityList
     """
     proto = IdentificationProtocol(embedder, gallery, mated, unmated, resize=resize,
                                    probe_size=probe_size, flip=flip, batch_size=batch_size,
-                                   progress=progress, name=name)
+                                   progress=progress, name=name, degradation=degradation)
     return proto.run(indicator, strategy, modes=modes, rank=rank, fpirs=fpirs)
 
 

@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from .._parse import int_list, resize_arg
+from ..data.degrade import DEGRADATION_PRESETS
 from ..errors import BTNetError
 from .config import ReproduceConfig
 from .stages import StageInterrupted
@@ -81,6 +82,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     ev.add_argument("--eval-resize", type=resize_arg,
                     help="resize of the protocols (default: cv2:bilinear:noaa, the reference's verification; "
                          "torch:bilinear:noaa when OpenCV is not installed)")
+    ev.add_argument("--degradation", choices=sorted(DEGRADATION_PRESETS),
+                    help="degrade every low-resolution image, in training and evaluation, with this seeded preset "
+                         "instead of resizing it: 'realistic' = optical blur, sub-pixel shift, area down-sampling, "
+                         "sensor noise, JPEG (default: resize, the paper's protocol)")
     ev.add_argument("--flip", action=argparse.BooleanOptionalAction, default=d.flip, help="flip TTA (default on)")
     ev.add_argument("--eval-batch-size", type=int, default=d.eval_batch_size)
     ev.add_argument("--seed", type=int, default=d.seed)
@@ -103,7 +108,7 @@ def config_from_args(args: argparse.Namespace) -> ReproduceConfig:
         phi_mr=args.phi_mr, phi_mm=args.phi_mm, branch_trunk=args.branch_trunk,
         trunk_options=args.trunk_options, finetune_options=args.finetune_options,
         branch_options=args.branch_options, train_resize=args.train_resize, eval_resize=args.eval_resize,
-        flip=args.flip, eval_batch_size=args.eval_batch_size, seed=args.seed, device=args.device,
+        degradation=args.degradation, flip=args.flip, eval_batch_size=args.eval_batch_size, seed=args.seed, device=args.device,
         workers=args.workers, channels_last=args.channels_last, threads=args.threads, progress=args.progress)
 
 

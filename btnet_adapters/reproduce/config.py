@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from ..data.degrade import DEGRADATION_PRESETS, DegradationSpec
 from ..errors import ConfigError
 from ..resize import CV2_BILINEAR, TORCH_BILINEAR, ResizeSpec
 from ..train import BranchConfig, TrunkConfig
@@ -103,6 +104,10 @@ class ReproduceConfig:
         train_resize: the down-sampling of every training degradation (``None``:
             :func:`default_resize`, set by :meth:`validate`).
         eval_resize: the resize of the verification and open-set protocols (``None``: the same).
+        degradation: ``None`` (images are resized: the paper's protocol) or a preset name of
+            :data:`btnet_adapters.data.degrade.DEGRADATION_PRESETS` (``"realistic"``): every
+            training degradation and every evaluation image brought below its size use it
+            (seeded), the up-sampling back to the trunk size still uses the resizes above.
         flip: flip test-time augmentation in verification.
         eval_batch_size: images per forward pass in evaluation.
         seed: seed of the ORL pairs and of every training run.
@@ -134,6 +139,7 @@ class ReproduceConfig:
     branch_options: dict[str, Any] = field(default_factory=dict)
     train_resize: ResizeSpec | None = None
     eval_resize: ResizeSpec | None = None
+    degradation: str | None = None
     flip: bool = True
     eval_batch_size: int = 64
     seed: int = 0
@@ -224,6 +230,8 @@ class ReproduceConfig:
             raise ConfigError(f"threads must be a positive integer, got {self.threads!r}")
         if self.model_kwargs is not None and self.model is None:
             raise ConfigError("model_kwargs without model: name the model too")
+        if self.degradation is not None and self.degradation not in DEGRADATION_PRESETS:
+            raise ConfigError(f"unknown degradation {self.degradation!r}; accepted: {sorted(DEGRADATION_PRESETS)}")
         self.train_resize = self.train_resize or default_resize()
         self.eval_resize = self.eval_resize or default_resize()
         if not isinstance(self.train_resize, ResizeSpec) or not isinstance(self.eval_resize, ResizeSpec):
@@ -237,6 +245,18 @@ class ReproduceConfig:
             if unknown:
                 raise ConfigError(f"{name}: {unknown} cannot be set here; accepted: "
                                   f"{sorted(_fields(cls) - _RESERVED)}")
+
+    def train_degradation(self, upsample: bool) -> DegradationSpec:
+        """The degradation of the training runs (branches: ``upsample=False``; φ_mr/φ_mm: True)."""
+        assert self.train_resize is not None, "validate() first"
+        if self.degradation is None:
+            return DegradationSpec(self.train_resize, upsample=upsample)
+        spec = DegradationSpec.named(self.degradation, upsample=upsample)
+        return dataclasses.replace(spec, upsample_resize=self.train_resize) if upsample else spec
+
+    def eval_degradation(self) -> DegradationSpec | None:
+        """The degradation of evaluation images (``None``: resized with :attr:`eval_resize`)."""
+        return None if self.degradation is None else DegradationSpec.named(self.degradation)
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:

@@ -29,7 +29,7 @@ from typing import Any, TextIO
 import torch
 
 from .. import hub
-from ..data import PRESETS, DegradationSpec, FaceDataset, open_source, write_class_index
+from ..data import PRESETS, FaceDataset, open_source, write_class_index
 from ..errors import ConfigError, ResolutionError
 from ..evaluate import read_identity_tsv, read_pair_list
 from ..evaluate.runners import BTNetEmbedder, UpsamplingEmbedder, run_identification, run_verification
@@ -240,7 +240,8 @@ class Reproduction:
                 mm[r] = self._trunk_stage(f"mm_r{r}", f"φ_mm model for {r} px{tuned}", "mm", resolution=r)
         load_base, base_keys, base_options = trunks[c.grafted_on]
         classifier = None
-        if self.given is not None and c.grafted_on == "hr" and not self.trunk_has_classifier:
+        if (self.given is not None and c.grafted_on == "hr" and not self.trunk_has_classifier
+                and not c.branch_recipe().get("unlabeled")):  # label-free branches use no classifier
             classifier = self._classifier_stage()
             base_keys = [*base_keys, classifier.key]
         branches = [self._branch_stage(r, base_options, base_keys, classifier) for r in c.resolutions]
@@ -274,7 +275,7 @@ class Reproduction:
 
     def _trunk_stage(self, name: str, title: str, multires: str, resolution: int | None = None) -> Stage:
         c, folder = self.config, self.out / name
-        degradation = DegradationSpec(c.train_resize, upsample=True).to_dict()
+        degradation = c.train_degradation(upsample=True).to_dict()
         if self.given is None:
             fields = {"model": self.model_name, "model_kwargs": self.model_kwargs, **c.trunk_recipe()}
             inputs = {"data": self.data.identity if self.data else None}
@@ -299,7 +300,7 @@ class Reproduction:
     def _branch_stage(self, r: int, trunk_options: dict[str, Any], upstream: list[str],
                       classifier: Stage | None) -> Stage:
         c, folder = self.config, self.out / f"branch_r{r}"
-        degradation = DegradationSpec(c.train_resize, upsample=False).to_dict()
+        degradation = c.train_degradation(upsample=False).to_dict()
         fields = {**trunk_options, **c.branch_recipe()}
         if classifier is not None:
             fields["classifier"] = str(classifier.folder / CLASSIFIER_FILE)
@@ -317,6 +318,7 @@ class Reproduction:
         assert self.data is not None
         spec = {"model": entry.key, "upstream": entry.upstream, "data": self.data.identity,
                 "settings": entry.settings, "resize": c.eval_resize.to_dict(), "flip": c.flip,
+                **({"degradation": c.eval_degradation().to_dict()} if c.degradation else {}),
                 "openset": ({"probe_size": c.probe_size} if self.data.openset and entry.openset else None)}
         label = ROWS[entry.row][0] + (f" ({entry.key.rsplit('_', 1)[-1]})" if entry.row == "phi_mm" else "")
         return self._add(Stage(f"eval_{entry.key}", f"evaluating {label}", self.out / f"eval_{entry.key}", spec),
@@ -378,6 +380,7 @@ class Reproduction:
         embedder = (BTNetEmbedder(model, label) if entry.routes else UpsamplingEmbedder.from_btnet(model, label))
         pairs = read_pair_list(data.pairs, data.images)
         run = run_verification(embedder, pairs, entry.settings, resize=c.eval_resize, flip=c.flip,
+                               degradation=c.eval_degradation(),
                                batch_size=c.eval_batch_size, progress=c.progress, name=label)
         result: dict[str, Any] = {"verification": {s: {**r.to_dict(), "paths": list(run.paths[s])}
                                                    for s, r in run.results.items()}}
@@ -386,6 +389,7 @@ class Reproduction:
             lists = {k: read_identity_tsv(v, root) for k, v in data.openset.items()}
             ident = run_identification(embedder, lists["gallery"], lists["mated"], lists["unmated"],
                                        resize=c.eval_resize, probe_size=c.probe_size,
+                                       degradation=c.eval_degradation(),
                                        batch_size=c.eval_batch_size, progress=c.progress, name=label)
             result["openset"] = {"rows": ident.rows, "routes": {str(k): v for k, v in ident.routes.items()}}
         return result

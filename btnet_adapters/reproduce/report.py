@@ -203,11 +203,12 @@ def render(report: Report, config: ReproduceConfig, seconds: dict[str, Any]) -> 
             report.openset, cols,
             title=f"Open-set identification (%), probes degraded to {config.probe_size} px "
                   f"({config.eval_resize}), BTNet routing {first.get('indicator')}+{first.get('strategy')}"))
-    resize = str(config.eval_resize)
+    resize = str(config.eval_resize) + (f"; degraded with the seeded {config.degradation!r} preset: "
+                                        f"{config.eval_degradation()}" if config.degradation else "")
     parts.append(f"Protocol: the second image of each pair resized one step to r ({resize}); up-sampling models "
                  f"get it back at full size with the same resize, BTNet at its branch; flip TTA "
                  f"{'on' if config.flip else 'off'}; 10 folds, best threshold on 9 applied to the 10th. "
-                 f"Training degradations: {config.train_resize}.\n")
+                 f"Training degradations: {config.train_degradation(upsample=False) if config.degradation else config.train_resize}.\n")
     stages = seconds.get("stages", {})
     listed = ", ".join(f"{k} {v:.0f} s" for k, v in stages.items())
     ran = len(seconds.get("ran", []))

@@ -12,7 +12,9 @@ update). Each batch is seen twice:
 
 Loss = ``cls_weight`` · margin-CE(student embedding, frozen classifier)
 + ``distill_weight`` · [``feature_weight`` · MSE(implant features)
-+ ``embedding_weight`` · MSE(raw embeddings)].
++ ``embedding_weight`` · D(embeddings)], D = MSE of the raw embeddings (the reference's) or
+1 − cosine similarity (``embedding_loss="cosine"``). With ``unlabeled`` there is no classifier
+and no identity: the branch learns from the trunk alone.
 
 The result is an adapter: only the tensors of ``r`` plus a config referencing the trunk.
 """
@@ -21,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -47,13 +50,14 @@ logger = logging.getLogger(__name__)
 class BranchTask(Task):
     """Distillation of branch ``resolution`` from the frozen trunk, with the frozen classifier."""
 
-    def __init__(self, model: BTNet, resolution: int, head: ShardedMarginHead, env: DistEnv,
+    def __init__(self, model: BTNet, resolution: int, head: ShardedMarginHead | None, env: DistEnv,
                  config: BranchConfig) -> None:
         self.model, self.resolution, self.head, self.config = model, resolution, head, config
         model.requires_grad_(False)
         for p in model.branch_parameters(resolution):
             p.requires_grad_(True)
-        head.requires_grad_(False)
+        if head is not None:
+            head.requires_grad_(False)
         use_emb = config.cls_weight > 0 or config.distill_weight * config.embedding_weight > 0
         use_feat = config.distill_weight * config.feature_weight > 0
 
@@ -75,21 +79,30 @@ class BranchTask(Task):
         with torch.no_grad():
             t_emb, t_feat = self.model.forward_with_implant(teacher_x, self.resolution)
         self.model.train()
-        self.head.train(cfg.update_head_stats)
         s_emb, s_feat = self.net(student_x)
-        cls = self.head(s_emb.float(), labels, step)
         feat = F.mse_loss(s_feat.float(), t_feat.float())
-        emb = F.mse_loss(s_emb.float(), t_emb.float())
-        total = cfg.cls_weight * cls + cfg.distill_weight * (cfg.feature_weight * feat + cfg.embedding_weight * emb)
-        return {"loss": total, "loss_cls": cls.detach(), "loss_feat": feat.detach(), "loss_emb": emb.detach()}
+        if cfg.embedding_loss == "cosine":
+            emb = 1.0 - F.cosine_similarity(s_emb.float(), t_emb.float(), dim=1).mean()
+        else:
+            emb = F.mse_loss(s_emb.float(), t_emb.float())
+        total = cfg.distill_weight * (cfg.feature_weight * feat + cfg.embedding_weight * emb)
+        parts = {"loss_feat": feat.detach(), "loss_emb": emb.detach()}
+        if self.head is not None:
+            self.head.train(cfg.update_head_stats)
+            cls = self.head(s_emb.float(), labels, step)
+            total = total + cfg.cls_weight * cls
+            parts["loss_cls"] = cls.detach()
+        return {"loss": total, **parts}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
-        return {**prefixed(self.model.branch_state_dict(self.resolution), "branch"),
-                **prefixed(dict(self.head.head.named_buffers()), "classifier")}
+        head = dict(self.head.head.named_buffers()) if self.head is not None else {}
+        return {**prefixed(self.model.branch_state_dict(self.resolution), "branch"), **prefixed(head, "classifier")}
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.model.load_branch_state_dict(self.resolution, split(tensors, "branch"), strict=True)
         for name, value in split(tensors, "classifier").items():
+            if self.head is None:
+                raise ConfigError("the checkpoint holds classifier state but this run has no classifier")
             self.head.head.get_buffer(name).copy_(value)
 
 
@@ -140,15 +153,42 @@ def load_trunk(config: BranchConfig) -> tuple[BTNet, MarginHead | None]:
     return model, classifier
 
 
-def reset_branch(model: BTNet, resolution: int) -> None:
-    """(Re)build branch ``resolution`` from the trunk's current weights."""
+def init_branch_from(model: BTNet, resolution: int, folder: str | Path) -> list[str]:
+    """Copy into branch ``resolution`` the tensors of the adapter in ``folder`` (a trained branch
+    of the same trunk, fingerprint checked) that have the same names and shapes; returns their
+    names. E.g. a 7-px branch starts from a trained 14-px one: the layers both run without
+    down-sampling share names, the 7-px branch's extra ones keep the trunk's weights. The
+    adapter is loaded as a branch for the copy and removed again (a branch of its resolution
+    already in ``model`` would be replaced: call this on a model being trained)."""
+    existing = set(model.branches)
+    source = hub.load_adapter(model, folder)
+    try:
+        if source == resolution:
+            raise ConfigError(f"init_from {folder} is an adapter of the same resolution {resolution}; "
+                              "to continue a run use resume")
+        theirs, ours = model.branch_state_dict(source), model.branch_state_dict(resolution)
+        shared = {k: v.clone() for k, v in theirs.items() if k in ours and ours[k].shape == v.shape}
+        model.load_branch_state_dict(resolution, shared, strict=False)
+    finally:
+        if str(source) not in existing:
+            model.remove_branch(source)
+        elif source == resolution:
+            reset_branch(model, resolution)
+    logger.info("branch %d initialised from the %d-px adapter %s: %d of %d tensors", resolution, source, folder,
+                len(shared), len(ours))
+    return sorted(shared)
+
+
+def reset_branch(model: BTNet, resolution: int, specific: str | Sequence[str] | None = None) -> None:
+    """(Re)build branch ``resolution`` from the trunk's current weights (``specific``: the
+    modules it owns, as :meth:`BTNet.add_branch` takes it)."""
     available = sorted(s for s in model.pyramid if s < model.input_size)
     if resolution not in available:
         raise ResolutionError(f"the trunk has no feature-pyramid level of side {resolution} at input "
                               f"{model.input_size}; branch resolutions available: {available}")
     if str(resolution) in model.branches:
         model.remove_branch(resolution)
-    model.add_branch(resolution)
+    model.add_branch(resolution, specific=specific)
 
 
 def train_branch(config: BranchConfig) -> TrainResult:
@@ -165,18 +205,21 @@ def train_branch(config: BranchConfig) -> TrainResult:
     _check_inputs(config)
     with setup(config.device) as env:
         out = prepare_run_dir(config, env)
-        classes, count = _known_classes(config)
-        source = open_source(config.data, root=config.data_root, class_to_idx=classes, num_classes=count)
+        classes, count = (None, None) if config.unlabeled else _known_classes(config)
+        source = open_source(config.data, root=config.data_root, class_to_idx=classes, num_classes=count,
+                             unlabeled=config.unlabeled)
         torch.manual_seed(config.seed)
         model, classifier = load_trunk(config)
-        reset_branch(model, config.resolution)
+        reset_branch(model, config.resolution, config.specific)
+        if config.init_from is not None:
+            init_branch_from(model, config.resolution, config.init_from)
         if classifier is not None and classifier.num_classes < source.num_classes:
             raise ConfigError(f"the data has {source.num_classes} identities but the classifier only "
                               f"{classifier.num_classes}")
         place(model, env, config)
-        if classifier is None:
+        if classifier is None and not config.unlabeled:
             classifier = _fitted_classifier(model, source, config, env, out)
-        head = ShardedMarginHead(classifier, env, seed=config.seed).to(env.device)
+        head = None if config.unlabeled else ShardedMarginHead(classifier, env, seed=config.seed).to(env.device)
         dataset = PairedFaceDataset(source, config.resolution, size=model.input_size, flip=config.flip,
                                     degradation=config.degradation, seed=config.seed, corrupt=config.corrupt)
         sync = global_batch_norms(model, env) if config.sync_bn else contextlib.nullcontext([])

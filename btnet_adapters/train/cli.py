@@ -65,8 +65,16 @@ def _json(text: str) -> Any:
         raise argparse.ArgumentTypeError(f"not valid JSON ({err}): {text!r}") from None
 
 
-def _nested(cls: type) -> Callable[[str], Any]:
+def _nested(cls: type, default: Any = None) -> Callable[[str], Any]:
+    """Parse a JSON object of ``cls`` fields, or a preset name where ``cls`` has presets (a
+    degradation: ``realistic``, up-sampled back like ``default`` is)."""
+
     def parse(text: str) -> Any:
+        if hasattr(cls, "named") and not text.lstrip().startswith("{"):
+            try:
+                return cls.named(text.strip(), upsample=bool(getattr(default, "upsample", False)))
+            except BTNetError as err:
+                raise argparse.ArgumentTypeError(str(err)) from None
         data = _json(text)
         if not isinstance(data, dict):
             raise argparse.ArgumentTypeError(f"expected a JSON object for {cls.__name__}")
@@ -79,9 +87,11 @@ def _nested(cls: type) -> Callable[[str], Any]:
     return parse
 
 
-def _converter(hint: Any) -> tuple[Callable[[str], Any] | None, bool]:
-    """``(type converter, is_bool)`` for a field's type hint."""
+def _converter(hint: Any, default: Any = None) -> tuple[Callable[[str], Any] | None, bool]:
+    """``(type converter, is_bool)`` for a field's type hint (``default``: the field's default)."""
     args = [a for a in typing.get_args(hint) if a is not type(None)]
+    if str in args and any(typing.get_origin(a) is list for a in args):  # a rule name or a JSON list of names
+        return _optional(lambda text: _json(text) if text.lstrip().startswith("[") else text), False
     optional = typing.get_origin(hint) in (typing.Union, types.UnionType) and len(args) == 1
     base = args[0] if optional else hint
     if base is bool:
@@ -89,25 +99,27 @@ def _converter(hint: Any) -> tuple[Callable[[str], Any] | None, bool]:
     if typing.get_origin(base) is dict:
         convert: Callable[[str], Any] = _json
     elif hasattr(base, "from_dict"):
-        convert = _nested(base)
+        convert = _nested(base, default)
     else:
         convert = base
     return (_optional(convert) if optional else convert), False
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type[RunConfig]) -> None:
-    """One option per configuration field (defaults suppressed: unset options keep the
-    configuration's value)."""
+def add_config_options(parser: argparse.ArgumentParser, cls: type[RunConfig], skip: frozenset[str] = frozenset()) -> None:
+    """One option per configuration field but those in ``skip`` (defaults suppressed: unset
+    options keep the configuration's value)."""
     hints = typing.get_type_hints(cls)
     docs = _arg_docs(cls)
     defaults = cls()
     for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
         flag = "--" + f.name.replace("_", "-")
         default = getattr(defaults, f.name)
         shown = json.dumps(default.to_dict()) if hasattr(default, "to_dict") else default
         note = "(required)" if default == "" else f"(default: {shown})"
         help_text = f"{plain_text(docs.get(f.name, ''))} {note}".strip().replace("%", "%%")
-        convert, is_bool = _converter(hints[f.name])
+        convert, is_bool = _converter(hints[f.name], default)
         if is_bool:
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction,
                                 default=argparse.SUPPRESS, help=help_text)
@@ -127,7 +139,12 @@ def _build_parser(parser: argparse.ArgumentParser, kind: str) -> None:
         parser.add_argument("--resolutions", type=int, nargs="+", metavar="R",
                             help="with --multires mm: train one independent trunk per resolution "
                                  "(φ_mm), each in OUT/r<R>")
-    add_config_options(parser, cls)
+    if kind == "branch":
+        parser.add_argument("--unlabeled", metavar="DIR", dest="unlabeled_data",
+                            help="train from any folder of aligned faces without identities (sub-folders "
+                                 "searched; a .tsv/.rec works too, its labels ignored): distillation from the "
+                                 "trunk only, no classifier (sets data=DIR, unlabeled, cls_weight 0)")
+    add_config_options(parser, cls, skip=frozenset({"unlabeled"}))
     parser.set_defaults(func=partial(run_command, kind))
 
 
@@ -151,6 +168,10 @@ def config_from_args(kind: str, args: argparse.Namespace) -> RunConfig:
         raise BTNetError(f"{args.config} is a {base.kind} configuration; use `btnet train {base.kind}`")
     names = {f.name for f in dataclasses.fields(cls)}
     changes = {k: v for k, v in vars(args).items() if k in names}
+    if getattr(args, "unlabeled_data", None) is not None:
+        if "data" in changes:
+            raise BTNetError("give the faces once: --unlabeled DIR or --data DIR")
+        changes.update(data=args.unlabeled_data, unlabeled=True, cls_weight=changes.get("cls_weight", 0.0))
     if getattr(args, "resize", None) is not None:
         changes["degradation"] = dataclasses.replace(changes.get("degradation", base.degradation), resize=args.resize)
     config = dataclasses.replace(base, **changes)

@@ -26,6 +26,8 @@ from ..heads import HEADS
 
 CONFIG_VERSION = 1
 AMP_MODES = ("auto", "off", "fp16", "bf16")
+OPTIMIZERS = ("sgd", "adamw")
+EMBEDDING_LOSSES = ("mse", "cosine")
 MULTIRES = ("hr", *sorted(PRESETS), "mm")
 #: Fields that may change when a run is resumed (they do not change what is computed).
 #: ``batch_size`` is per process: a resumed run must keep the *global* batch
@@ -33,6 +35,9 @@ MULTIRES = ("hr", *sorted(PRESETS), "mm")
 RUNTIME_FIELDS = frozenset({"max_steps", "workers", "checkpoint_every", "keep_checkpoints",
                             "log_every", "device", "progress", "resume", "batch_size"})
 _NESTED = {"degradation": DegradationSpec, "corrupt": CorruptPolicy}
+#: Fields added after configuration version 1: written only when they differ from their default, so
+#: that saved configurations and the stage keys of earlier runs (``btnet reproduce``) stay the same.
+LATER_FIELDS = frozenset({"optimizer", "embedding_loss", "init_from", "specific", "unlabeled"})
 
 
 @dataclass
@@ -49,8 +54,10 @@ class RunConfig:
         max_steps: stop after this many optimiser steps (a short run of the same schedule).
         batch_size: images per process and step (global batch = ``batch_size × world size``).
         lr: peak learning rate.
-        momentum: SGD momentum.
-        weight_decay: SGD weight decay.
+        optimizer: ``"sgd"`` (with momentum, the reference's) or ``"adamw"`` (Adam with decoupled
+            weight decay; ``momentum`` is its first beta).
+        momentum: SGD momentum (AdamW: beta 1).
+        weight_decay: weight decay (AdamW: decoupled).
         warmup_epochs: linear warm-up length in epochs.
         lr_power: power of the polynomial decay after the warm-up.
         clip_grad_norm: clip the total gradient norm to this value (``None``: no clipping).
@@ -58,7 +65,8 @@ class RunConfig:
         seed: seed of the model initialisation, data order and augmentation.
         workers: DataLoader worker processes.
         flip: random horizontal flips.
-        degradation: how images are brought to a lower resolution.
+        degradation: how images are brought to a lower resolution: a JSON object of
+            ``DegradationSpec`` fields, or a preset name (``paper``, ``realistic``).
         channels_last: model and images in channels-last memory format (faster convolutions
             on CPU, and on GPU with AMP).
         sync_bn: with several processes, batch-norm statistics are computed over the global
@@ -85,6 +93,7 @@ class RunConfig:
     max_steps: int | None = None
     batch_size: int = 128
     lr: float = 0.1
+    optimizer: str = "sgd"
     momentum: float = 0.9
     weight_decay: float = 5e-4
     warmup_epochs: float = 0.0
@@ -129,6 +138,8 @@ class RunConfig:
                               f"warmup_epochs (--warmup-epochs) to at most {self.epochs}")
         if self.clip_grad_norm is not None:
             _positive("clip_grad_norm", self.clip_grad_norm)
+        if self.optimizer not in OPTIMIZERS:
+            raise ConfigError(f"unknown optimizer {self.optimizer!r}; accepted: {OPTIMIZERS}")
         if self.amp not in AMP_MODES:
             raise ConfigError(f"unknown amp mode {self.amp!r}; accepted: {AMP_MODES}")
         if self.device not in ("auto", "cpu", "cuda"):
@@ -144,10 +155,13 @@ class RunConfig:
 
     # ------------------------------------------------------------------ JSON
     def to_dict(self) -> dict[str, Any]:
-        """JSON-serialisable form with ``type`` and ``version`` fields."""
+        """JSON-serialisable form with ``type`` and ``version`` fields (fields of
+        :data:`LATER_FIELDS` only when they are not at their default)."""
         out: dict[str, Any] = {"type": self.kind, "version": CONFIG_VERSION}
         for f in dataclasses.fields(self):
             value = getattr(self, f.name)
+            if f.name in LATER_FIELDS and value == f.default:
+                continue
             out[f.name] = value.to_dict() if hasattr(value, "to_dict") else value
         return json.loads(json.dumps(out))
 
@@ -263,7 +277,19 @@ class BranchConfig(RunConfig):
         cls_weight: weight of the margin-softmax loss on the frozen classifier.
         distill_weight: λ, the weight of the distillation terms (0.5).
         feature_weight: weight of the implant-feature MSE inside λ (1).
-        embedding_weight: weight of the raw-embedding MSE inside λ (1; the paper's variant: 0).
+        embedding_weight: weight of the embedding distillation inside λ (1; the paper's variant: 0).
+        embedding_loss: how student and teacher embeddings are compared: ``"mse"`` on the raw
+            embeddings (the reference's) or ``"cosine"`` (1 − cosine similarity, the quantity
+            verification scores, insensitive to the embedding's norm).
+        init_from: an adapter folder (``adapters/r<k>`` of a trained branch of this trunk) whose
+            tensors of the same names and shapes initialise the branch, e.g. the 7-px branch
+            from a trained 14-px one; the others keep the trunk's weights.
+        specific: which modules the branch owns (``None``: the model's rule, ``"reference"`` —
+            every module before the implant point; ``"all"``: its own copy of every module, the
+            layers after the implant too; or a list of module names).
+        unlabeled: ``data`` is any folder of aligned faces (sub-folders are searched, names are
+            not identities): pure distillation from the trunk, no classifier (``cls_weight``
+            must be 0).
         update_head_stats: let the frozen margin head update its running statistics (e.g.
             CurricularFace's ``t``), as the reference does; by default it is frozen entirely.
 
@@ -271,7 +297,7 @@ class BranchConfig(RunConfig):
     """
 
     kind: ClassVar[str] = "branch"
-    INPUT_FIELDS: ClassVar[tuple[str, ...]] = ("data", "trunk", "trunk_weights", "classifier")
+    INPUT_FIELDS: ClassVar[tuple[str, ...]] = ("data", "trunk", "trunk_weights", "classifier", "init_from")
 
     resolution: int = 14
     trunk: str | None = None
@@ -287,6 +313,10 @@ class BranchConfig(RunConfig):
     distill_weight: float = 0.5
     feature_weight: float = 1.0
     embedding_weight: float = 1.0
+    embedding_loss: str = "mse"
+    init_from: str | None = None
+    specific: str | list[str] | None = None
+    unlabeled: bool = False
     update_head_stats: bool = False
     epochs: float = 10.0
     lr: float = 0.02
@@ -307,6 +337,17 @@ class BranchConfig(RunConfig):
         _positive("fit_lr", self.fit_lr)
         for name in ("cls_weight", "distill_weight", "feature_weight", "embedding_weight"):
             _non_negative(name, getattr(self, name))
+        if self.embedding_loss not in EMBEDDING_LOSSES:
+            raise ConfigError(f"unknown embedding_loss {self.embedding_loss!r}; accepted: {EMBEDDING_LOSSES}")
+        if self.specific is not None and not isinstance(self.specific, str) and not (
+                isinstance(self.specific, list) and all(isinstance(n, str) for n in self.specific)):
+            raise ConfigError(f"specific must be a rule name ('reference', 'all', 'none') or a list of module names, "
+                              f"got {self.specific!r}")
+        if self.unlabeled and self.cls_weight != 0:
+            raise ConfigError("unlabeled data has no identities for the classifier loss: set cls_weight to 0 "
+                              "(--cls-weight 0; `btnet train branch --unlabeled DIR` does)")
+        if self.unlabeled and self.classifier is not None:
+            raise ConfigError("unlabeled training uses no classifier: drop classifier")
         if self.cls_weight == 0 and self.distill_weight * (self.feature_weight + self.embedding_weight) == 0:
             raise ConfigError("every loss weight is zero: nothing would train the branch")
         if self.degradation.upsample:

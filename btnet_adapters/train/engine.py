@@ -1,13 +1,14 @@
 """The optimisation loop shared by trunk and branch runs.
 
 A :class:`Task` says what a batch costs (the loss parts) and which tensors make the run's
-state; :func:`run_loop` does the rest: SGD with momentum and weight decay, the warm-up +
-polynomial schedule, AMP, gradient-norm clipping across processes, seeded resumable data
+state; :func:`run_loop` does the rest: the optimiser (SGD with momentum, or AdamW) with weight
+decay, the warm-up + polynomial schedule, AMP, gradient-norm clipping across processes, seeded resumable data
 order, progress and JSONL log, checkpoints every N steps and on SIGINT/SIGTERM, and resume.
 
 Bit-identical resume on one device holds because everything that shapes the next step is in
 the checkpoint or a pure function of the step: model and head tensors (batch-norm statistics
-and CurricularFace's ``t`` included), momentum buffers, the global RNG state, the AMP scaler;
+and CurricularFace's ``t`` included), the optimiser's state (momentum buffers, AdamW's
+moments and step counts), the global RNG state, the AMP scaler;
 the learning rate and the data order are functions of the step and the seed, the
 augmentation of ``(seed, epoch, index)``.
 """
@@ -50,9 +51,10 @@ CHECKPOINTS = "checkpoints"
 
 
 class Task(ABC):
-    """One kind of run. ``head`` is the (possibly frozen) sharded margin head."""
+    """One kind of run. ``head`` is the (possibly frozen) sharded margin head, ``None`` when the
+    run uses no classifier (label-free branch training)."""
 
-    head: ShardedMarginHead
+    head: ShardedMarginHead | None
 
     @abstractmethod
     def named_parameters(self) -> list[tuple[str, nn.Parameter]]:
@@ -178,6 +180,15 @@ def place(model: nn.Module, env: DistEnv, config: RunConfig) -> None:
         model.to(memory_format=torch.channels_last)
 
 
+def make_optimizer(config: RunConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+    """The optimiser ``config.optimizer`` names: SGD (``momentum``, ``weight_decay``) or AdamW
+    (betas ``(momentum, 0.999)``, decoupled ``weight_decay``)."""
+    if config.optimizer == "adamw":
+        return torch.optim.AdamW(params, lr=config.lr, betas=(config.momentum, 0.999),
+                                 weight_decay=config.weight_decay)
+    return torch.optim.SGD(params, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay)
+
+
 def amp_settings(mode: str, device: torch.device) -> tuple[bool, torch.dtype]:
     """``(enabled, dtype)`` of autocast for an ``amp`` setting on ``device``."""
     if mode == "auto":
@@ -247,11 +258,10 @@ def run_loop(task: Task, dataset: Dataset, config: RunConfig, env: DistEnv, out:
              desc: str = "train") -> LoopResult:
     """Train ``task`` on ``dataset`` as ``config`` says; returns where it stopped."""
     named = [(n, p) for n, p in task.named_parameters() if p.requires_grad]
-    sharded = [task.head.weight] if task.head.weight.requires_grad else []
+    sharded = [task.head.weight] if task.head is not None and task.head.weight.requires_grad else []
     if not named and not sharded:
         raise ConfigError("nothing to train: every parameter is frozen")
-    optimizer = torch.optim.SGD([p for _, p in named] + sharded, lr=config.lr, momentum=config.momentum,
-                                weight_decay=config.weight_decay)
+    optimizer = make_optimizer(config, [p for _, p in named] + sharded)
     per_epoch = steps_per_epoch(len(dataset), config.batch_size, env.world)  # type: ignore[arg-type]
     total = max(1, math.ceil(config.epochs * per_epoch))
     warmup = min(round(config.warmup_epochs * per_epoch), total)
@@ -345,19 +355,27 @@ class _State:
         self.task, self.optimizer, self.scaler, self.named, self.env, self.config = (
             task, optimizer, scaler, named, env, config)
 
-    def _momentum(self, p: nn.Parameter) -> torch.Tensor | None:
-        return self.optimizer.state.get(p, {}).get("momentum_buffer")
+    def _optimizer_state(self) -> dict[str, torch.Tensor]:
+        """Per-parameter optimiser state by stable name: SGD's ``momentum.<param>`` (the format of
+        earlier checkpoints), AdamW's ``optim.<key>.<param>``; the sharded classifier's gathered."""
+        out: dict[str, torch.Tensor] = {}
+        head = self.task.head
+        params = list(self.named)
+        if head is not None and head.weight.requires_grad:
+            params.append(("classifier.weight", head.weight))
+        for name, p in params:
+            for key, value in self.optimizer.state.get(p, {}).items():
+                if not torch.is_tensor(value):
+                    continue
+                if name == "classifier.weight" and value.shape == p.shape:
+                    value = head.gather(value)
+                out[_state_name(key, name)] = value
+        return out
 
     def save(self, folder: Path, step: int, total: int) -> Path | None:
         env = self.env
         tensors = prefixed(self.task.state_tensors(), "state")
-        for name, p in self.named:
-            buf = self._momentum(p)
-            if buf is not None:
-                tensors[f"momentum.{name}"] = buf
-        head = self.task.head
-        if head.weight.requires_grad and self.config.momentum > 0:
-            tensors["momentum.classifier.weight"] = head.gather(self._momentum(head.weight))
+        tensors.update(self._optimizer_state())
         rng = gather_uneven_rows(torch.get_rng_state()[None].to(env.device), env).cpu()
         tensors.update({f"rng.cpu.{r}": rng[r] for r in range(env.world)})
         if env.device.type == "cuda":
@@ -384,17 +402,7 @@ class _State:
                               f"({self.config.batch_size} × {self.env.world}); choose batch_size so that "
                               f"batch_size × processes = {before}")
         self.task.load_state_tensors(split(tensors, "state"))
-        momentum = split(tensors, "momentum")
-        expected = {n for n, _ in self.named} if self.config.momentum > 0 else set()
-        if set(momentum) - {"classifier.weight"} != expected:
-            raise ConfigError(f"checkpoint {path} does not match this model's trainable parameters")
-        for name, p in self.named:
-            if name in momentum:
-                self.optimizer.state[p]["momentum_buffer"] = momentum[name].to(p.device, p.dtype)
-        head = self.task.head
-        if "classifier.weight" in momentum and head.weight.requires_grad:
-            self.optimizer.state[head.weight]["momentum_buffer"] = head.local(momentum["classifier.weight"]).to(
-                head.weight.device, head.weight.dtype)
+        self._restore_optimizer(tensors, path)
         step = int(meta["step"])
         if int(meta["world"]) == self.env.world:
             torch.set_rng_state(tensors[f"rng.cpu.{self.env.rank}"])
@@ -406,3 +414,45 @@ class _State:
             self.scaler.load_state_dict(meta["scaler"])
         logger.info("resumed from %s (step %d)", path, step)
         return step
+
+    def _restore_optimizer(self, tensors: dict[str, torch.Tensor], path: Path) -> None:
+        head = self.task.head
+        params = dict(self.named)
+        if head is not None and head.weight.requires_grad:
+            params["classifier.weight"] = head.weight
+        found: dict[str, dict[str, torch.Tensor]] = {}
+        for full, value in tensors.items():
+            parsed = _parse_state_name(full)
+            if parsed is not None:
+                key, name = parsed
+                found.setdefault(name, {})[key] = value
+        expected = {n for n, _ in self.named} if self._stateful() else set()
+        if set(found) - {"classifier.weight"} != expected:
+            raise ConfigError(f"checkpoint {path} does not match this model's trainable parameters")
+        for name, state in found.items():
+            p = params.get(name)
+            if p is None:  # a classifier trained then, frozen now
+                continue
+            for key, value in state.items():
+                if name == "classifier.weight" and value.shape == p.shape:
+                    value = head.local(value)
+                # step counts stay on the CPU (as torch keeps them); moments follow the parameter
+                state[key] = value if value.ndim == 0 else value.to(p.device, p.dtype)
+            self.optimizer.state[p] = state
+
+    def _stateful(self) -> bool:
+        """Whether the optimiser keeps per-parameter state (SGD without momentum does not)."""
+        return self.config.optimizer == "adamw" or self.config.momentum > 0
+
+
+def _state_name(key: str, param: str) -> str:
+    return f"momentum.{param}" if key == "momentum_buffer" else f"optim.{key}.{param}"
+
+
+def _parse_state_name(full: str) -> tuple[str, str] | None:
+    if full.startswith("momentum."):
+        return "momentum_buffer", full[len("momentum."):]
+    if full.startswith("optim."):
+        key, _, name = full[len("optim."):].partition(".")
+        return key, name
+    return None
