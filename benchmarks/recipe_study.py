@@ -4,8 +4,8 @@ The test pairs are never used here: ``--held-out`` identities of the training li
 set aside, branches are trained on the others, and every row is scored on verification pairs
 among the held-out people (:func:`btnet_adapters.reproduce.validation.make_validation_split`).
 Each row is one ``btnet reproduce`` run (given trunk, one branch, no φ_mr/φ_mm) whose branch
-recipe is the default (:data:`btnet_adapters.reproduce.GIVEN_BRANCH`) plus the row's options,
-so each row's command is printed with the table. The classifier fit and the φ_hr evaluation are
+recipe is the previous default (:data:`BASE`) plus the row's options, so each row's command is
+printed with the table. The study chose today's default (:data:`btnet_adapters.reproduce.GIVEN_BRANCH`). The classifier fit and the φ_hr evaluation are
 the same for every row and are computed once (their finished stages are shared).
 
 Usage (insightface MobileFaceNet, CelebA train split, 7-px rows; ~4 min per row on 2 cores)::
@@ -15,8 +15,9 @@ Usage (insightface MobileFaceNet, CelebA train split, 7-px rows; ~4 min per row 
         --trunk $D/weights/mobilefacenet_insightface_ms1m.safetensors \\
         --train $D/celeba112/splits/train.tsv --train-root $D/celeba112/images
 
-Writes ``OUT/ablation.md`` (the table) and ``OUT/ablation.json``; rows already finished are
-read back, so an interrupted study continues where it stopped.
+Writes ``OUT/ablation.md`` (the table) and ``OUT/ablation.json``; rows already recorded there
+with the same options are read back, so an interrupted study continues where it stopped (and an
+unfinished row resumes its stages).
 """
 
 from __future__ import annotations
@@ -31,10 +32,13 @@ from pathlib import Path
 from typing import Any
 
 from btnet_adapters._atomic import write_text_atomic
-from btnet_adapters.reproduce import GIVEN_BRANCH, ReproduceConfig, run_reproduce
+from btnet_adapters.reproduce import ReproduceConfig, run_reproduce
 from btnet_adapters.reproduce.validation import make_validation_split
 
-#: ``name -> (resolution, branch options on top of GIVEN_BRANCH, what the row changes)``. Rows
+#: The branch recipe the rows start from: the given-trunk default before this study (SGD, classifier
+#: loss, MSE distillation with λ 20), on top of the ``btnet train branch`` defaults.
+BASE: dict[str, Any] = {"epochs": 6.0, "batch_size": 32, "lr": 0.05, "distill_weight": 20.0, "fit_epochs": 3}
+#: ``name -> (resolution, branch options on top of BASE, what the row changes)``. Rows
 #: whose options name ``{out}`` refer to another row's output (e.g. a trained 14-px branch).
 ADAM = {"optimizer": "adamw", "lr": 0.002, "weight_decay": 0.05, "momentum": 0.9}
 COS = {**ADAM, "embedding_loss": "cosine"}
@@ -54,6 +58,8 @@ ROWS: dict[str, tuple[int, dict[str, Any], str]] = {
     "distill_cls01": (7, {**DISTILL, "cls_weight": 0.1}, "distill + classifier loss weight 0.1"),
     "distill_emb_only": (7, {**DISTILL, "feature_weight": 0.0}, "distill without the implant-feature term"),
     "distill_all": (7, {**DISTILL, "specific": "all"}, "distill, the branch owns every layer (specific='all')"),
+    "distill_feat3": (7, {**DISTILL, "feature_weight": 3.0}, "distill, implant-feature term ×3"),
+    "distill_feat10": (7, {**DISTILL, "feature_weight": 10.0}, "distill, implant-feature term ×10"),
     "distill_mse": (7, {**DISTILL, "embedding_loss": "mse"}, "distill with MSE instead of cosine"),
     "distill_sgd": (7, {**DISTILL, "optimizer": "sgd", "lr": 0.05, "weight_decay": 5e-4},
                     "distill with SGD (lr 0.05) instead of AdamW"),
@@ -64,12 +70,18 @@ ROWS: dict[str, tuple[int, dict[str, Any], str]] = {
 }
 
 
-def run_row(name: str, args: argparse.Namespace, split: Any, shared: Path | None) -> dict[str, Any]:
-    """Train and score one row (resuming / reusing what is done)."""
-    resolution, options, _ = ROWS[name]
-    options = json.loads(json.dumps(options).replace("{out}", str(args.out.resolve())))
+def _options(name: str, args: argparse.Namespace) -> dict[str, Any]:
+    """The branch options of a row, ``{out}`` filled in."""
+    options = json.loads(json.dumps(ROWS[name][1]).replace("{out}", str(args.out.resolve())))
     if args.max_steps:
         options["max_steps"] = args.max_steps
+    return options
+
+
+def run_row(name: str, args: argparse.Namespace, split: Any, shared: Path | None) -> dict[str, Any]:
+    """Train and score one row (resuming / reusing what is done)."""
+    resolution, _, _ = ROWS[name]
+    options = _options(name, args)
     folder = args.out / name
     if shared is not None:  # the classifier and the φ_hr evaluation do not depend on the row
         for stage in ("classifier", "eval_phi_hr"):
@@ -78,7 +90,7 @@ def run_row(name: str, args: argparse.Namespace, split: Any, shared: Path | None
                 shutil.copytree(shared / stage, folder / stage)
     config = ReproduceConfig(out=str(folder), trunk=args.trunk, train=str(split.fit), train_root=str(split.root),
                              pairs=str(split.pairs), images=str(split.root), resolutions=(resolution,),
-                             phi_mr=False, phi_mm=False, branch_options=options, threads=args.threads,
+                             phi_mr=False, phi_mm=False, branch_options={**BASE, **options}, threads=args.threads,
                              progress=args.progress)
     start = time.perf_counter()
     result = run_reproduce(config)
@@ -87,8 +99,7 @@ def run_row(name: str, args: argparse.Namespace, split: Any, shared: Path | None
     return {"name": name, "resolution": resolution, "options": options, "what": ROWS[name][2],
             "phi_hr": {s: rows["phi_hr"].get(s) for s in settings},
             "phi_bt": {s: rows["phi_bt"].get(s) for s in settings},
-            "seconds": round(time.perf_counter() - start, 1),
-            "command": command(args, split, resolution, options, folder)}
+            "seconds": round(time.perf_counter() - start, 1)}
 
 
 def command(args: argparse.Namespace, split: Any, resolution: int, options: dict[str, Any], folder: Path) -> str:
@@ -96,16 +107,15 @@ def command(args: argparse.Namespace, split: Any, resolution: int, options: dict
     parts = ["btnet", "reproduce", "--out", str(folder), "--trunk", args.trunk, "--train", str(split.fit),
              "--train-root", str(split.root), "--pairs", str(split.pairs), "--images", str(split.root),
              "--resolutions", str(resolution), "--no-phi-mr", "--no-phi-mm"]
-    if options:
-        parts += ["--branch-options", json.dumps(options, separators=(",", ":"))]
+    parts += ["--branch-options", json.dumps({**BASE, **options}, separators=(",", ":"))]
     return shlex.join(parts)
 
 
-def table(results: list[dict[str, Any]], split: Any) -> str:
-    """The ablation table (markdown)."""
+def table(results: list[dict[str, Any]], split: Any, args: argparse.Namespace) -> str:
+    """The ablation table (markdown) and each row's command."""
     lines = [f"Validation: {len(split.held_out)} held-out training identities, {split.num_pairs} pairs; "
              f"branches trained on the other {split.fit_identities} ({split.fit_images} images). "
-             f"Defaults: {json.dumps(GIVEN_BRANCH)}.", "",
+             f"Every row: {json.dumps(BASE)} + its options.", "",
              "| row | r | what changes | φ_hr 112&r | φ_bt 112&r | φ_bt r&r | φ_bt 112&112 | min |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
     for res in results:
@@ -113,7 +123,9 @@ def table(results: list[dict[str, Any]], split: Any) -> str:
         hr, bt = res["phi_hr"], res["phi_bt"]
         lines.append(f"| {res['name']} | {r} | {res['what']} | {hr[f'112&{r}']:.2f} | **{bt[f'112&{r}']:.2f}** | "
                      f"{bt[f'{r}&{r}']:.2f} | {bt['112&112']:.2f} | {res['seconds'] / 60:.1f} |")
-    lines += ["", "Commands:", ""] + [f"- {res['name']}: `{res['command']}`" for res in results]
+    lines += ["", "Commands:", ""] + [
+        f"- {res['name']}: `{command(args, split, res['resolution'], res['options'], args.out / res['name'])}`"
+        for res in results]
     return "\n".join(lines) + "\n"
 
 
@@ -134,15 +146,19 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown rows {unknown}; accepted: {list(ROWS)}")
     split = make_validation_split(args.train, args.out / "split", root=args.train_root, held_out=args.held_out)
+    record = args.out / "ablation.json"
+    finished = {r["name"]: r for r in json.loads(record.read_text())} if record.is_file() else {}
     results, shared = [], None
     for name in names:
-        results.append(run_row(name, args, split, shared))
+        done = finished.get(name)
+        same = done is not None and done["resolution"] == ROWS[name][0] and done["options"] == _options(name, args)
+        results.append(done if same else run_row(name, args, split, shared))
         shared = shared or args.out / name
-        text = table(results, split)
+        text = table(results, split, args)
         write_text_atomic(args.out / "ablation.md", text)
         write_text_atomic(args.out / "ablation.json", json.dumps(results, indent=2) + "\n")
         print(f"[{len(results)}/{len(names)}] {name}: φ_bt {results[-1]['phi_bt']}", file=sys.stderr, flush=True)
-    print(table(results, split))
+    print(table(results, split, args))
     return 0
 
 

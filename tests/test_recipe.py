@@ -94,6 +94,22 @@ def test_cosine_distillation_is_one_minus_the_cosine(data, trunk, tmp_path):
     assert 0 < parts["loss_emb"].item() < 2
 
 
+def test_pure_distillation_fits_no_classifier(data, trunk, tmp_path):
+    from safetensors.torch import save_file
+
+    from btnet_adapters.train import load_trunk_folder
+
+    from .test_train_runs import MODEL, MODEL_KW
+
+    model, _, _ = load_trunk_folder(trunk)
+    weights = tmp_path / "imported.safetensors"
+    save_file({k: v.contiguous() for k, v in model.trunk.state_dict().items()}, str(weights))
+    result = train_branch(branch_config(data, None, tmp_path / "b", model=MODEL, model_kwargs=MODEL_KW,
+                                        trunk_weights=str(weights), cls_weight=0.0, max_steps=2))
+    assert result.step == 2 and "classifier" not in result.files
+    assert not (tmp_path / "b" / "classifier.safetensors").exists()
+
+
 # ---------------------------------------------------------------------- initialising from another branch
 def test_branch_starts_from_a_trained_branch_of_another_resolution(data, trunk, tmp_path):
     train_branch(branch_config(data, trunk, tmp_path / "b16", resolution=16, max_steps=3))
@@ -168,6 +184,14 @@ def test_label_free_branch_needs_no_classifier(crops, trunk, tmp_path, capsys):
     model = hub.from_pretrained(trunk, resolutions=[])
     hub.load_adapter(model, tmp_path / "b")
     assert model.embed(np.zeros((1, R, R, 3), np.uint8)).shape == (1, 16)
+
+
+def test_label_free_equals_pure_distillation_on_the_same_images(data, trunk, tmp_path):
+    """Pure distillation never reads a label: --unlabeled on the same images gives the same adapter."""
+    train_branch(branch_config(data, trunk, tmp_path / "labelled", cls_weight=0.0, max_steps=3))
+    train_branch(branch_config(data, trunk, tmp_path / "free", cls_weight=0.0, unlabeled=True, max_steps=3))
+    a, b = (load_file(str(tmp_path / name / ADAPTER)) for name in ("labelled", "free"))
+    assert set(a) == set(b) and all(torch.equal(a[k], b[k]) for k in a)
 
 
 def test_label_free_refuses_a_classifier_loss(crops, trunk, tmp_path):
@@ -252,3 +276,16 @@ def test_validation_split_holds_out_whole_identities(tmp_path):
     assert make_validation_split(listing, tmp_path / "again", root=faces, held_out=4, folds=2).held_out == split.held_out
     with pytest.raises(ConfigError, match="held_out must be in 2..8"):
         make_validation_split(listing, tmp_path / "bad", root=faces, held_out=9)
+
+
+def test_degradation_option_takes_a_preset_or_json():
+    import argparse
+
+    from btnet_adapters._parse import degradation_arg
+
+    assert degradation_arg("realistic") == REALISTIC_DEGRADATION
+    custom = degradation_arg('{"resize": {"backend": "torch", "filter": "area", "antialias": false}, "jpeg": [30, 60]}')
+    assert custom.jpeg == (30, 60) and not custom.upsample
+    for bad in ("foggy", "[1, 2]", '{"resize": {"backend": "torch"}, "jpeg": [0, 200]}'):
+        with pytest.raises(argparse.ArgumentTypeError, match="--degradation realistic"):
+            degradation_arg(bad)

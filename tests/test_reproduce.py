@@ -216,7 +216,8 @@ def given_run(tiny_run, tmp_path_factory) -> dict:
         (protocol / name).write_text("path\tidentity\n" + "\n".join(rows) + "\n")
     config = tiny_config(root / "out", trunk=str(weights), train=str(src / "data" / "train.tsv"),
                          train_root=str(src / "data" / "images"), pairs=str(src / "data" / "pairs.tsv"),
-                         images=str(src / "data" / "images"), openset=str(protocol), probe_size=7, resolutions=(7,))
+                         images=str(src / "data" / "images"), openset=str(protocol), probe_size=7, resolutions=(7,),
+                         branch_options={**ONE_STEP, "cls_weight": 1.0})  # with the classifier loss: one is fitted
     return {"config": config, "result": run_reproduce(config, stream=None), "root": root}
 
 
@@ -257,9 +258,10 @@ def test_realistic_and_label_free_runs(given_run, tmp_path):
     assert "realistic" in result.report.text
     plain = {r["key"]: r for r in given_run["result"].report.accuracy}
     assert {r["key"]: r for r in result.report.accuracy}["phi_hr"]["112&7"] != plain["phi_hr"]["112&7"]
-    free = dataclasses.replace(base, out=str(tmp_path / "free"), openset=None,
-                               branch_options={**base.branch_options, "unlabeled": True, "cls_weight": 0.0})
-    assert [s.name for s, _ in Reproduction(free, stream=None).stages] == ["branch_r7", "eval_phi_hr", "eval_phi_bt"]
+    for options in ({"cls_weight": 0.0}, {"unlabeled": True, "cls_weight": 0.0}):  # no classifier is fitted
+        free = dataclasses.replace(base, out=str(tmp_path / "free"), openset=None,
+                                   branch_options={**base.branch_options, **options})
+        assert [s.name for s, _ in Reproduction(free, stream=None).stages] == ["branch_r7", "eval_phi_hr", "eval_phi_bt"]
     with pytest.raises(ConfigError, match="unknown degradation 'foggy'"):
         dataclasses.replace(base, degradation="foggy").validate()
 

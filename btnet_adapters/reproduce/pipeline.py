@@ -241,7 +241,7 @@ class Reproduction:
         load_base, base_keys, base_options = trunks[c.grafted_on]
         classifier = None
         if (self.given is not None and c.grafted_on == "hr" and not self.trunk_has_classifier
-                and not c.branch_recipe().get("unlabeled")):  # label-free branches use no classifier
+                and c.branch_recipe().get("cls_weight", BranchConfig.cls_weight) > 0):  # pure distillation needs none
             classifier = self._classifier_stage()
             base_keys = [*base_keys, classifier.key]
         branches = [self._branch_stage(r, base_options, base_keys, classifier) for r in c.resolutions]

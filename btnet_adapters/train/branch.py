@@ -13,8 +13,8 @@ update). Each batch is seen twice:
 Loss = ``cls_weight`` · margin-CE(student embedding, frozen classifier)
 + ``distill_weight`` · [``feature_weight`` · MSE(implant features)
 + ``embedding_weight`` · D(embeddings)], D = MSE of the raw embeddings (the reference's) or
-1 − cosine similarity (``embedding_loss="cosine"``). With ``unlabeled`` there is no classifier
-and no identity: the branch learns from the trunk alone.
+1 − cosine similarity (``embedding_loss="cosine"``). With ``cls_weight`` 0 no classifier is
+fitted or used (pure distillation); with ``unlabeled`` the data have no identities either.
 
 The result is an adapter: only the tensors of ``r`` plus a config referencing the trunk.
 """
@@ -100,9 +100,9 @@ class BranchTask(Task):
 
     def load_state_tensors(self, tensors: dict[str, torch.Tensor]) -> None:
         self.model.load_branch_state_dict(self.resolution, split(tensors, "branch"), strict=True)
+        if self.head is None:  # a run without classifier loss has no use for its state
+            return
         for name, value in split(tensors, "classifier").items():
-            if self.head is None:
-                raise ConfigError("the checkpoint holds classifier state but this run has no classifier")
             self.head.head.get_buffer(name).copy_(value)
 
 
@@ -217,9 +217,11 @@ def train_branch(config: BranchConfig) -> TrainResult:
             raise ConfigError(f"the data has {source.num_classes} identities but the classifier only "
                               f"{classifier.num_classes}")
         place(model, env, config)
-        if classifier is None and not config.unlabeled:
-            classifier = _fitted_classifier(model, source, config, env, out)
-        head = None if config.unlabeled else ShardedMarginHead(classifier, env, seed=config.seed).to(env.device)
+        head = None  # pure distillation (cls_weight 0, e.g. label-free) needs no classifier
+        if config.cls_weight > 0:
+            if classifier is None:
+                classifier = _fitted_classifier(model, source, config, env, out)
+            head = ShardedMarginHead(classifier, env, seed=config.seed).to(env.device)
         dataset = PairedFaceDataset(source, config.resolution, size=model.input_size, flip=config.flip,
                                     degradation=config.degradation, seed=config.seed, corrupt=config.corrupt)
         sync = global_batch_norms(model, env) if config.sync_bn else contextlib.nullcontext([])
