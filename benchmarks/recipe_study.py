@@ -116,13 +116,13 @@ def table(results: list[dict[str, Any]], split: Any, args: argparse.Namespace) -
     lines = [f"Validation: {len(split.held_out)} held-out training identities, {split.num_pairs} pairs; "
              f"branches trained on the other {split.fit_identities} ({split.fit_images} images). "
              f"Every row: {json.dumps(BASE)} + its options.", "",
-             "| row | r | what changes | φ_hr 112&r | φ_bt 112&r | φ_bt r&r | φ_bt 112&112 | min |",
-             "|---|---:|---|---:|---:|---:|---:|---:|"]
+             "| row | r | what changes | φ_hr 112&r | φ_bt 112&r | φ_bt r&r | φ_bt 112&112 |",
+             "|---|---:|---|---:|---:|---:|---:|"]
     for res in results:
         r = res["resolution"]
         hr, bt = res["phi_hr"], res["phi_bt"]
         lines.append(f"| {res['name']} | {r} | {res['what']} | {hr[f'112&{r}']:.2f} | **{bt[f'112&{r}']:.2f}** | "
-                     f"{bt[f'{r}&{r}']:.2f} | {bt['112&112']:.2f} | {res['seconds'] / 60:.1f} |")
+                     f"{bt[f'{r}&{r}']:.2f} | {bt['112&112']:.2f} |")
     lines += ["", "Commands:", ""] + [
         f"- {res['name']}: `{command(args, split, res['resolution'], res['options'], args.out / res['name'])}`"
         for res in results]

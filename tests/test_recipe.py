@@ -26,24 +26,11 @@ from btnet_adapters.train.branch import BranchTask, init_branch_from, load_trunk
 from btnet_adapters.train.cli import main as cli_main
 from btnet_adapters.train.distributed import DistEnv
 from btnet_adapters.train.partial_fc import ShardedMarginHead
-from btnet_adapters.train.trunk import train_trunk
 
-from .test_train_runs import R, branch_config, trunk_config
+from .test_train_runs import R, branch_config, data, trunk  # noqa: F401 - the tiny faces and trunk fixtures
 
 pytestmark = [pytest.mark.usefixtures("one_thread"), pytest.mark.filterwarnings("ignore:backbone 'test_resnet' has no btnet_")]
 ADAPTER = Path("adapters") / f"r{R}" / hub.ADAPTER_WEIGHTS_NAME
-
-
-@pytest.fixture(scope="module")
-def data(tmp_path_factory) -> Path:
-    return write_synthetic_folder(tmp_path_factory.mktemp("faces"), num_identities=6, per_identity=8, size=32)
-
-
-@pytest.fixture(scope="module")
-def trunk(data, tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("runs") / "trunk"
-    train_trunk(trunk_config(data, out, epochs=2.0, margin_kwargs={"scale": 32.0}))
-    return out
 
 
 # ---------------------------------------------------------------------- optimiser and loss

@@ -48,7 +48,8 @@ logger = logging.getLogger(__name__)
 
 
 class BranchTask(Task):
-    """Distillation of branch ``resolution`` from the frozen trunk, with the frozen classifier."""
+    """Distillation of branch ``resolution`` from the frozen trunk (and the margin loss on the frozen
+    classifier when ``head`` is given)."""
 
     def __init__(self, model: BTNet, resolution: int, head: ShardedMarginHead | None, env: DistEnv,
                  config: BranchConfig) -> None:

@@ -2,8 +2,9 @@
 
 A :class:`Task` says what a batch costs (the loss parts) and which tensors make the run's
 state; :func:`run_loop` does the rest: the optimiser (SGD with momentum, or AdamW) with weight
-decay, the warm-up + polynomial schedule, AMP, gradient-norm clipping across processes, seeded resumable data
-order, progress and JSONL log, checkpoints every N steps and on SIGINT/SIGTERM, and resume.
+decay, the warm-up + polynomial schedule, AMP, gradient-norm clipping across processes, seeded
+resumable data order, progress and JSONL log, checkpoints every N steps and on SIGINT/SIGTERM,
+and resume.
 
 Bit-identical resume on one device holds because everything that shapes the next step is in
 the checkpoint or a pure function of the step: model and head tensors (batch-norm statistics
@@ -367,7 +368,7 @@ class _State:
             for key, value in self.optimizer.state.get(p, {}).items():
                 if not torch.is_tensor(value):
                     continue
-                if name == "classifier.weight" and value.shape == p.shape:
+                if name == "classifier.weight" and value.ndim > 0:  # a per-row tensor: all ranks' rows
                     value = head.gather(value)
                 out[_state_name(key, name)] = value
         return out
@@ -434,7 +435,7 @@ class _State:
             if p is None:  # a classifier trained then, frozen now
                 continue
             for key, value in state.items():
-                if name == "classifier.weight" and value.shape == p.shape:
+                if name == "classifier.weight" and value.ndim > 0:  # this rank's rows
                     value = head.local(value)
                 # step counts stay on the CPU (as torch keeps them); moments follow the parameter
                 state[key] = value if value.ndim == 0 else value.to(p.device, p.dtype)
