@@ -6,10 +6,10 @@ Two modes:
   (one model per branch resolution) and the BTNet branches on the φ_mr trunk — by default on
   the bundled ORL faces with a small ResNet (:data:`ORL_MODEL`, :data:`ORL_TRUNK`,
   :data:`ORL_BRANCH`);
-* **given trunk** (``trunk`` = weights file or model folder): φ_hr is that trunk as it is; a
-  classifier is fitted on ``train`` when the trunk has none (trunk frozen), then the branches
-  are trained on it (:data:`GIVEN_BRANCH`); φ_mr and φ_mm are optional fine-tunes of
-  the trunk (:data:`FINETUNE`).
+* **given trunk** (``trunk`` = weights file or model folder): φ_hr is that trunk as it is; the
+  branches are trained on it by pure distillation (:data:`GIVEN_BRANCH`; with a classifier loss
+  in ``branch_options``, a classifier is first fitted on ``train`` when the trunk has none);
+  φ_mr and φ_mm are optional fine-tunes of the trunk (:data:`FINETUNE`).
 
 Every training degradation defaults to the verification protocol's resize (OpenCV bilinear,
 no antialiasing; torch's bilinear without antialiasing when OpenCV is not installed, equal up
