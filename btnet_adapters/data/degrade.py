@@ -119,8 +119,8 @@ class DegradationSpec:
         if self.shift:
             dx, dy = (round(v * scale) for v in rng.uniform(-self.shift, self.shift, size=2))
             x = _translate(x, dx, dy)
-        kernels = (self.resize, *self.kernels)
-        low = resize_tensor(x, resolution, kernels[int(rng.integers(len(kernels)))] if self.kernels else self.resize)
+        kernel = (self.resize, *self.kernels)[int(rng.integers(len(self.kernels) + 1))] if self.kernels else self.resize
+        low = resize_tensor(x, resolution, kernel)
         if self.noise:
             sigma = rng.uniform(*self.noise)
             low = low + torch.from_numpy(rng.normal(0.0, sigma, size=tuple(low.shape))).float()
