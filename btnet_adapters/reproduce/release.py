@@ -24,6 +24,7 @@ from .. import hub
 from .._atomic import write_text_atomic
 from .._json import jsonable
 from ..errors import BTNetError, ConfigError
+from ..evaluate.report import markdown_table
 from ..model import BTNet
 from .config import ReproduceConfig
 from .trunks import TrunkSource
@@ -53,12 +54,7 @@ def load_run_model(run: str | os.PathLike[str], report: dict[str, Any]) -> BTNet
 
 def comparison_table(report: dict[str, Any]) -> str:
     """The run's verification table (markdown), every row and setting."""
-    settings = report["settings"]
-    lines = ["| model | " + " | ".join(settings) + " |", "|---|" + "---:|" * len(settings)]
-    for row in report["accuracy"]:
-        cells = [f"{row[s]:.2f}" if isinstance(row.get(s), (int, float)) else "" for s in settings]
-        lines.append(f"| {row['model']} | " + " | ".join(cells) + " |")
-    return "\n".join(lines)
+    return markdown_table(report["accuracy"], ["model", *report["settings"]]).strip()
 
 
 def write_release(run: str | os.PathLike[str], out: str | os.PathLike[str], *, title: str, license: str,
