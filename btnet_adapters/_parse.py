@@ -45,21 +45,14 @@ _ROLE = re.compile(r":(?:py:)?(?:func|meth|class|mod|attr|data|exc|obj|const|ref
 
 
 def degradation_arg(text: str) -> "DegradationSpec":
-    """argparse type of a degradation: a preset name (``realistic``, ``paper``) or a JSON object of
-    :class:`~btnet_adapters.data.degrade.DegradationSpec` fields; kept at the low resolution."""
-    import json
-
+    """argparse type of a degradation kept at the low resolution: a preset name (``realistic``,
+    ``paper``) or a JSON object of fields (:meth:`DegradationSpec.parse`)."""
     from .data.degrade import DegradationSpec
     from .errors import BTNetError
 
     try:
-        if text.lstrip().startswith("{"):
-            data = json.loads(text)
-            if not isinstance(data, dict):
-                raise argparse.ArgumentTypeError(f"expected a preset name or a JSON object, got {text!r}")
-            return DegradationSpec.from_dict({"upsample": False, **data})
-        return DegradationSpec.named(text.strip())
-    except (BTNetError, json.JSONDecodeError, TypeError, KeyError) as err:
+        return DegradationSpec.parse(text)
+    except BTNetError as err:
         raise argparse.ArgumentTypeError(f"{err} (e.g. --degradation realistic)") from None
 
 

@@ -164,6 +164,22 @@ class DegradationSpec:
                    noise=_pair(data.get("noise")), jpeg=_pair(data.get("jpeg")))
 
     @classmethod
+    def parse(cls, text: str, *, upsample: bool = False) -> "DegradationSpec":
+        """A preset name (``realistic``) or a JSON object of fields (``upsample`` its default)."""
+        import json
+
+        if not text.lstrip().startswith("{"):
+            return cls.named(text.strip(), upsample=upsample)
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as err:
+            raise ConfigError(f"not valid JSON ({err}): {text!r}") from None
+        try:
+            return cls.from_dict({"upsample": upsample, **data})
+        except (KeyError, TypeError) as err:
+            raise ConfigError(f"not a DegradationSpec ({err!r}): {text!r}") from None
+
+    @classmethod
     def named(cls, name: str, *, upsample: bool = False) -> "DegradationSpec":
         """A preset by name (:data:`DEGRADATION_PRESETS`), with or without up-sampling."""
         if name not in DEGRADATION_PRESETS:

@@ -70,9 +70,9 @@ def _nested(cls: type, default: Any = None) -> Callable[[str], Any]:
     degradation: ``realistic``, up-sampled back like ``default`` is)."""
 
     def parse(text: str) -> Any:
-        if hasattr(cls, "named") and not text.lstrip().startswith("{"):
+        if hasattr(cls, "named"):  # a degradation: a preset name or JSON (DegradationSpec.parse)
             try:
-                return cls.named(text.strip(), upsample=bool(getattr(default, "upsample", False)))
+                return cls.parse(text, upsample=bool(getattr(default, "upsample", False)))
             except BTNetError as err:
                 raise argparse.ArgumentTypeError(str(err)) from None
         data = _json(text)
