@@ -80,20 +80,22 @@ class BranchTask(Task):
         with torch.no_grad():
             t_emb, t_feat = self.model.forward_with_implant(teacher_x, self.resolution)
         self.model.train()
+        if self.head is not None:
+            self.head.train(cfg.update_head_stats)
         s_emb, s_feat = self.net(student_x)
+        # The classifier term first, as before label-free runs existed: the autograd graph (and so
+        # the summation order of the gradients) of labelled runs stays what it was.
+        cls = self.head(s_emb.float(), labels, step) if self.head is not None else None
         feat = F.mse_loss(s_feat.float(), t_feat.float())
         if cfg.embedding_loss == "cosine":
             emb = 1.0 - F.cosine_similarity(s_emb.float(), t_emb.float(), dim=1).mean()
         else:
             emb = F.mse_loss(s_emb.float(), t_emb.float())
-        total = cfg.distill_weight * (cfg.feature_weight * feat + cfg.embedding_weight * emb)
+        distill = cfg.distill_weight * (cfg.feature_weight * feat + cfg.embedding_weight * emb)
         parts = {"loss_feat": feat.detach(), "loss_emb": emb.detach()}
-        if self.head is not None:
-            self.head.train(cfg.update_head_stats)
-            cls = self.head(s_emb.float(), labels, step)
-            total = total + cfg.cls_weight * cls
-            parts["loss_cls"] = cls.detach()
-        return {"loss": total, **parts}
+        if cls is None:
+            return {"loss": distill, **parts}
+        return {"loss": cfg.cls_weight * cls + distill, "loss_cls": cls.detach(), **parts}
 
     def state_tensors(self) -> dict[str, torch.Tensor]:
         head = dict(self.head.head.named_buffers()) if self.head is not None else {}
